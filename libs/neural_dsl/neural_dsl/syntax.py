@@ -1,0 +1,384 @@
+"""Text -> syntax tree: the lark LALR parser, limits checked before parsing, friendly syntax errors.
+
+The output (`Raw*` dataclasses) is what the user wrote, with locations, before any
+meaning is given to it; `analyze.py` turns it into the IR.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from .diagnostics import Collector, Diagnostic, DSLError, Loc, Severity
+from .limits import Limits
+
+START_RULES = ("start", "layer_start", "value")
+
+
+# ---------------------------------------------------------------- raw syntax
+@dataclass
+class RawValue:
+    """A value as written. kind: number | string | ident | call | tuple | list."""
+
+    kind: str
+    value: Any  # python value for number/string/ident; list[RawValue] for tuple/list
+    loc: Loc
+    name: str = ""  # callee for `call`
+    args: list[RawArg] = field(default_factory=list)  # for `call`
+
+
+@dataclass
+class RawArg:
+    name: str | None  # None for positional
+    value: RawValue
+    loc: Loc
+
+
+@dataclass
+class RawLayer:
+    name: str
+    loc: Loc
+    args: list[RawArg] | None  # None: written without parentheses (`ConvBlock`)
+    block: list[RawLayer | RawBranch] | None
+    devices: list[tuple[str, Loc]] = field(default_factory=list)
+    repeats: list[tuple[RawValue, Loc]] = field(default_factory=list)
+
+
+@dataclass
+class RawBranch:
+    name: str
+    loc: Loc
+    block: list[RawLayer | RawBranch]
+
+
+@dataclass
+class RawSection:
+    kind: str  # input | layers | loss | optimizer | metrics | train | execution
+    loc: Loc
+    payload: Any
+
+
+@dataclass
+class RawNetwork:
+    name: str
+    loc: Loc
+    sections: list[RawSection]
+
+
+@dataclass
+class RawDefine:
+    name: str
+    loc: Loc
+    body: list[RawLayer | RawBranch]
+
+
+@dataclass
+class RawResearch:
+    name: str | None
+    loc: Loc
+    blocks: list[tuple[str, Loc, list[tuple[str, RawValue, Loc]]]]
+
+
+@dataclass
+class RawProgram:
+    networks: list[RawNetwork] = field(default_factory=list)
+    defines: list[RawDefine] = field(default_factory=list)
+    research: list[RawResearch] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- parser
+def _grammar_text() -> str:
+    return resources.files(__package__).joinpath("grammar.lark").read_text(encoding="utf-8")
+
+
+def build_parser() -> Lark:
+    """Build a fresh parser (what `bench/dsl_parse.py` times as the one-off cost)."""
+    grammar = _grammar_text() + "\nlayer_start: _layer_item\n"
+    return Lark(
+        grammar,
+        parser="lalr",
+        lexer="contextual",
+        start=list(START_RULES),
+        propagate_positions=True,
+        maybe_placeholders=False,
+    )
+
+
+@lru_cache(maxsize=1)
+def parser() -> Lark:
+    return build_parser()
+
+
+def _loc(meta_or_token: Any) -> Loc:
+    return Loc(getattr(meta_or_token, "line", 1) or 1, getattr(meta_or_token, "column", 1) or 1)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
+
+
+def decode_string(token: str) -> str:
+    """Decode a quoted STRING token; only simple escapes, never Python evaluation."""
+    body = token[1:-1]
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), body)
+
+
+def _number(tok: Token) -> int | float:
+    text = str(tok)
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise DSLError(
+            [Diagnostic(f"number {text} is out of range", _loc(tok), Severity.ERROR, "syntax")]
+        )
+    return value
+
+
+@v_args(meta=True)
+class _ToRaw(Transformer):
+    """Parse tree -> Raw* objects. Purely structural: no meaning is checked here."""
+
+    # values
+    def number(self, meta: Any, children: list[Token]) -> RawValue:
+        tok = children[0]
+        return RawValue("number", _number(tok), _loc(tok))
+
+    def string(self, meta: Any, children: list[Token]) -> RawValue:
+        tok = children[0]
+        return RawValue("string", decode_string(str(tok)), _loc(tok))
+
+    def ident(self, meta: Any, children: list[Token]) -> RawValue:
+        tok = children[0]
+        return RawValue("ident", str(tok), _loc(tok))
+
+    def tuple(self, meta: Any, children: list[RawValue]) -> RawValue:
+        return RawValue("tuple", list(children), _loc(meta))
+
+    def list(self, meta: Any, children: list[RawValue]) -> RawValue:
+        return RawValue("list", list(children), _loc(meta))
+
+    def call(self, meta: Any, children: list[Any]) -> RawValue:
+        name, *args = children
+        return RawValue("call", None, _loc(name), name=str(name), args=[_arg(a) for a in args])
+
+    def named_arg(self, meta: Any, children: list[Any]) -> RawArg:
+        name, value = children
+        return RawArg(str(name), value, _loc(name))
+
+    def arglist(self, meta: Any, children: list[Any]) -> tuple[str, list[RawArg]]:
+        return ("args", [_arg(a) for a in children])
+
+    # layers
+    def device(self, meta: Any, children: list[Token]) -> tuple[str, str, Loc]:
+        tok = children[0]
+        return ("device", decode_string(str(tok)), _loc(tok))
+
+    def repeat(self, meta: Any, children: list[Token]) -> tuple[str, RawValue, Loc]:
+        tok = children[0]
+        return ("repeat", RawValue("number", _number(tok), _loc(tok)), _loc(tok))
+
+    def block(self, meta: Any, children: list[Any]) -> tuple[str, list[Any]]:
+        return ("block", list(children))
+
+    def layer(self, meta: Any, children: list[Any]) -> RawLayer:
+        name_tok = children[0]
+        layer = RawLayer(str(name_tok), _loc(name_tok), None, None)
+        for tag, *rest in children[1:]:
+            if tag == "device":
+                layer.devices.append((rest[0], rest[1]))
+            elif tag == "repeat":
+                layer.repeats.append((rest[0], rest[1]))
+            elif tag == "args":
+                layer.args = rest[0]
+            else:
+                layer.block = rest[0]
+        return layer
+
+    def branch(self, meta: Any, children: list[Any]) -> RawBranch:
+        name, (_, block) = children
+        return RawBranch(str(name), _loc(name), block)
+
+    def layer_start(self, meta: Any, children: list[Any]) -> Any:
+        return children[0]
+
+    # sections
+    def input_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("input", _loc(meta), children[0])
+
+    def named_inputs(self, meta: Any, children: list[Any]) -> list[tuple[str, RawValue, Loc]]:
+        return list(children)
+
+    def named_input(self, meta: Any, children: list[Any]) -> tuple[str, RawValue, Loc]:
+        name, shape = children
+        return (str(name), shape, _loc(name))
+
+    def layers_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("layers", _loc(meta), list(children))
+
+    def loss_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("loss", _loc(meta), children[0])
+
+    def optimizer_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("optimizer", _loc(meta), children[0])
+
+    def metrics_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("metrics", _loc(meta), children[0])
+
+    def setting(self, meta: Any, children: list[Any]) -> tuple[str, RawValue, Loc]:
+        name, value = children
+        return (str(name), value, _loc(name))
+
+    def settings_block(self, meta: Any, children: list[Any]) -> list[Any]:
+        return list(children)
+
+    def train_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("train", _loc(meta), children[0])
+
+    def execution_section(self, meta: Any, children: list[Any]) -> RawSection:
+        return RawSection("execution", _loc(meta), children[0])
+
+    # top level
+    def network(self, meta: Any, children: list[Any]) -> RawNetwork:
+        name, *sections = children
+        return RawNetwork(str(name), _loc(name), list(sections))
+
+    def define(self, meta: Any, children: list[Any]) -> RawDefine:
+        name, *body = children
+        return RawDefine(str(name), _loc(name), list(body))
+
+    def research_block(self, meta: Any, children: list[Any]) -> tuple[str, Loc, list[Any]]:
+        name, settings = children
+        return (str(name), _loc(name), settings)
+
+    def research(self, meta: Any, children: list[Any]) -> RawResearch:
+        name = None
+        if children and isinstance(children[0], Token):
+            name = str(children.pop(0))
+        return RawResearch(name, _loc(meta), list(children))
+
+    def start(self, meta: Any, children: list[Any]) -> RawProgram:
+        prog = RawProgram()
+        for c in children:
+            if isinstance(c, RawNetwork):
+                prog.networks.append(c)
+            elif isinstance(c, RawDefine):
+                prog.defines.append(c)
+            elif isinstance(c, RawResearch):
+                prog.research.append(c)
+        return prog
+
+
+def _arg(a: Any) -> RawArg:
+    return a if isinstance(a, RawArg) else RawArg(None, a, a.loc)
+
+
+# ---------------------------------------------------------------- errors
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "$END": "end of input",
+}
+
+
+def _describe_terminals(names: set[str]) -> str:
+    p = parser()
+    words = set()
+    for n in names:
+        if n in _TOKEN_WORDS:
+            words.add(_TOKEN_WORDS[n])
+            continue
+        try:
+            pattern = p.get_terminal(n).pattern
+        except KeyError:
+            words.add(n)
+            continue
+        words.add(f"'{pattern.value}'" if pattern.type == "str" else n)
+    return ", ".join(sorted(words))
+
+
+EOF_MESSAGE = "Unexpected end of input - Check for missing closing braces"
+
+
+def _end_loc(text: str) -> Loc:
+    lines = text.split("\n")
+    return Loc(len(lines), len(lines[-1]) + 1)
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, text: str) -> Diagnostic:
+    if isinstance(exc, UnexpectedEOF) or (
+        isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+    ):
+        return Diagnostic(EOF_MESSAGE, _end_loc(text), Severity.ERROR, "syntax")
+    loc = Loc(exc.line if exc.line > 0 else 1, exc.column if exc.column > 0 else 1)
+    if isinstance(exc, UnexpectedToken):
+        expected = _describe_terminals(set(exc.accepts or exc.expected))
+        msg = f"unexpected {exc.token.type.lower()} '{exc.token}'"
+        if exc.token.type in ("NAME", "NUMBER", "STRING"):
+            msg = f"unexpected {_TOKEN_WORDS[exc.token.type][2:]} {str(exc.token)!r}"
+        return Diagnostic(f"{msg}; expected {expected}", loc, Severity.ERROR, "syntax")
+    if isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        hint = " (strings end on the same line they start)" if char in "\"'" else ""
+        return Diagnostic(f"unexpected character {char!r}{hint}", loc, Severity.ERROR, "syntax")
+    return Diagnostic(str(exc).splitlines()[0], loc, Severity.ERROR, "syntax")
+
+
+# ---------------------------------------------------------------- limits before parsing
+def check_source_limits(text: str, limits: Limits) -> None:
+    """Size and bracket nesting, checked in one linear pass before lark sees the text.
+
+    Parsing is linear, but turning the tree into objects recurses: a limit on nesting
+    keeps `((((((...` from exhausting the stack."""
+    out = Collector("limits")
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > limits.max_source_bytes:
+        out.error(
+            f"source is {size} bytes, over the limit of {limits.max_source_bytes}", Loc(1, 1)
+        )
+        out.raise_if_errors()
+    depth, line, line_start, i, n = 0, 1, 0, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line, line_start = line + 1, i + 1
+        elif ch == "#" or text.startswith("//", i):
+            i = text.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif ch in "\"'":
+            i += 1
+            while i < n and text[i] not in (ch, "\n"):
+                i += 2 if text[i] == "\\" else 1
+            if i < n and text[i] == "\n":
+                continue
+        elif ch in "([{":
+            depth += 1
+            if depth > limits.max_nesting_depth:
+                out.error(
+                    f"nesting deeper than {limits.max_nesting_depth} levels of brackets",
+                    Loc(line, i - line_start + 1),
+                )
+                out.raise_if_errors()
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        i += 1
+
+
+def parse_raw(text: str, start: str = "start", limits: Limits | None = None) -> Any:
+    """Parse `text` with the given start rule into Raw* objects, or raise DSLError."""
+    limits = limits or Limits()
+    check_source_limits(text, limits)
+    try:
+        tree: Tree = parser().parse(text, start=start)
+    except UnexpectedInput as exc:
+        raise DSLError([_syntax_diagnostic(exc, text)]) from None
+    return _ToRaw().transform(tree)
