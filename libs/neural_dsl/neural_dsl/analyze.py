@@ -146,7 +146,9 @@ def hpo_value(rv: RawValue, ctx: _Ctx, name: str) -> Any:
             ctx.out.error("choice(...) takes one or more values", space.loc)
             return _INVALID
         if len(pos) > ctx.limits.max_hpo_choices:
-            ctx.out.error(f"choice(...) lists more than {ctx.limits.max_hpo_choices} values", space.loc)
+            ctx.out.error(
+                f"choice(...) lists more than {ctx.limits.max_hpo_choices} values", space.loc
+            )
             return _INVALID
         values = [plain_value(v, ctx, f"{name}.{i}") for i, v in enumerate(pos)]
         if _INVALID in values:
@@ -208,9 +210,7 @@ _NUMERIC = {
 }
 
 
-def check_kind(
-    v: Any, spec: ParamSpec, owner: str, loc: Loc, out: Collector
-) -> Any:
+def check_kind(v: Any, spec: ParamSpec, owner: str, loc: Loc, out: Collector) -> Any:
     """Validate (and canonicalize) one value for a parameter. HPO candidates are each checked."""
     if isinstance(v, HPO):
         return _check_hpo(v, spec, owner, loc, out)
@@ -266,9 +266,7 @@ def check_kind(
         return v.lower()
     if k is Kind.CHOICE:
         if not isinstance(v, str) or v.lower() not in spec.choices:
-            out.error(
-                f"{label} must be one of {', '.join(spec.choices)}, got {describe(v)}", loc
-            )
+            out.error(f"{label} must be one of {', '.join(spec.choices)}, got {describe(v)}", loc)
             return _INVALID
         return v.lower()
     if k is Kind.STR:
@@ -401,9 +399,7 @@ class _LayerBuilder:
             )
             raise _TooBig
 
-    def item(
-        self, item: RawLayer | RawBranch, prefix: str, stack: tuple[str, ...]
-    ) -> list[Layer]:
+    def item(self, item: RawLayer | RawBranch, prefix: str, stack: tuple[str, ...]) -> list[Layer]:
         if isinstance(item, RawBranch):
             self._count(item.loc)
             name = f"{prefix}{item.name}"
@@ -804,19 +800,22 @@ class _NetworkBuilder:
                 if key == "validation_split" and d.severity.value == "error":
                     msg = f"validation_split must be between 0 and 1, got {value}"
                 elif key in ("epochs", "batch_size") and d.severity.value == "error":
-                    msg = f"Training parameters must be positive: {key} must be a positive integer, got {describe(value)}"
+                    msg = (
+                        "Training parameters must be positive: "
+                        f"{key} must be a positive integer, got {describe(value)}"
+                    )
                 (self.out.error if d.severity.value == "error" else self.out.warn)(msg, d.loc)
             if v is not _INVALID:
                 checked[key] = v
         split = checked.get("validation_split")
         if isinstance(split, float) and split >= 1.0:
-            self.out.error(f"validation_split must be between 0 and 1, got {split}", locs["validation_split"])
+            self.out.error(
+                f"validation_split must be between 0 and 1, got {split}", locs["validation_split"]
+            )
         return Training(**checked)
 
     def _execution(self, sec: Any) -> Execution:
-        values = self._settings(
-            sec.payload, {"device": ParamSpec("device", Kind.STR)}, "execution"
-        )
+        values = self._settings(sec.payload, {"device": ParamSpec("device", Kind.STR)}, "execution")
         device = values.get("device", "auto")
         if not isinstance(device, str):
             loc = next(loc for k, _, loc in sec.payload if k == "device")
@@ -846,7 +845,7 @@ def _research(raw: RawResearch, out: Collector) -> Research:
     refs: list[str] = []
     for name, loc, settings in raw.blocks:
         if name == "metrics":
-            for key, rv, kloc in settings:
+            for key, rv, _ in settings:
                 if rv.kind != "number":
                     out.error(f"research metric '{key}' must be a number", rv.loc)
                 else:
@@ -921,4 +920,4 @@ def analyze_layer(
     return layers, out
 
 
-__all__ = ["analyze", "analyze_layer", "suggest", "Value"]
+__all__ = ["Value", "analyze", "analyze_layer", "suggest"]

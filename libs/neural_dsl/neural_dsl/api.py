@@ -46,7 +46,7 @@ def propagate_shapes(network: Network, limits: Limits | None = None) -> ShapeRep
 
 
 def check(text: str, limits: Limits | None = None) -> CheckResult:
-    """Everything `neural_dsl check` does: parse, validate, and propagate shapes of every network."""
+    """What `neural_dsl check` does: parse, validate, and propagate shapes of every network."""
     program, warnings = parse_with_warnings(text, limits)
     shapes: dict[str, ShapeReport] = {}
     problems: list[Diagnostic] = []

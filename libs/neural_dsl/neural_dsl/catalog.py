@@ -10,10 +10,10 @@ a layer exists in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """The type of a parameter's value, as validation understands it."""
 
     POS_INT = "a positive integer"
@@ -348,7 +348,9 @@ _SPECS: tuple[LayerSpec, ...] = (
         "wrapper",
         (
             _p("layer", Kind.LAYER, required=True),
-            _p("merge_mode", Kind.CHOICE, default="concat", choices=("concat", "sum", "mul", "ave")),
+            _p(
+                "merge_mode", Kind.CHOICE, default="concat", choices=("concat", "sum", "mul", "ave")
+            ),
         ),
         positional=("layer", "merge_mode"),
     ),

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from .diagnostics import Loc
 
@@ -44,7 +44,7 @@ class LogRange:
     high: float
 
 
-HPOSpace = Union[Choice, Range, LogRange]
+HPOSpace: TypeAlias = Choice | Range | LogRange
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Schedule:
         return _get(self.params, name, default)
 
 
-Scalar = Union[int, float, str, bool, None]
-Value = Union[Scalar, tuple["Value", ...], HPO, Schedule]
+Scalar: TypeAlias = int | float | str | bool | None
+Value: TypeAlias = Scalar | tuple["Value", ...] | HPO | Schedule
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,9 @@ def value_to_json(v: Value) -> Any:
 
 
 def _params_json(params: tuple[Param, ...]) -> list[dict[str, Any]]:
-    return [{"name": p.name, "value": value_to_json(p.value), "loc": _loc_json(p.loc)} for p in params]
+    return [
+        {"name": p.name, "value": value_to_json(p.value), "loc": _loc_json(p.loc)} for p in params
+    ]
 
 
 def _layer_json(layer: Layer) -> dict[str, Any]:

@@ -126,7 +126,9 @@ class _Propagator:
         for layer in layers:
             if layer.type == catalog.BRANCH:
                 if not allow_branches:
-                    raise ShapeError("branches (`name: { ... }`) belong at the top level", layer.loc)
+                    raise ShapeError(
+                        "branches (`name: { ... }`) belong at the top level", layer.loc
+                    )
                 src = layer.get("input")
                 if src not in inputs:
                     raise ShapeError(
@@ -136,7 +138,11 @@ class _Propagator:
                 pending.append(out)
                 results.append(
                     LayerShape(
-                        layer.name, layer.type, inputs[src], out, _add(*(s.params for s in subs)),
+                        layer.name,
+                        layer.type,
+                        inputs[src],
+                        out,
+                        _add(*(s.params for s in subs)),
                         tuple(subs),
                     )
                 )
@@ -155,7 +161,8 @@ class _Propagator:
                 continue
             if pending:
                 raise ShapeError(
-                    f"the branches above must be merged (Concatenate, Add, ...) before {layer.type}",
+                    "the branches above must be merged (Concatenate, Add, ...) "
+                    f"before {layer.type}",
                     layer.loc,
                 )
             if shape is None:
@@ -182,7 +189,8 @@ class _Propagator:
             first = shapes[0]
             for s in shapes[1:]:
                 if len(s) != len(first) or any(
-                    a is not None and b is not None and a != b for a, b in zip(s, first, strict=True)
+                    a is not None and b is not None and a != b
+                    for a, b in zip(s, first, strict=True)
                 ):
                     raise ShapeError(
                         f"{layer.type} needs branches of one shape, got "
@@ -288,14 +296,18 @@ class _Propagator:
             inner = layer.wrapped
             assert inner is not None
             if inner.type not in ("SimpleRNN", "LSTM", "GRU", "SimpleRNNDropoutWrapper"):
-                raise ShapeError(f"Bidirectional wraps a recurrent layer, not {inner.type}", inner.loc)
+                raise ShapeError(
+                    f"Bidirectional wraps a recurrent layer, not {inner.type}", inner.loc
+                )
             out, params, _ = self.layer(inner, shape, inputs)
             mode = layer.get("merge_mode", "concat")
             last = _mul(out[-1], 2) if mode == "concat" else out[-1]
             return (*out[:-1], last), _mul(params, 2), []
         if t == "TimeDistributed":
             if rank < 2:
-                raise ShapeError(f"TimeDistributed expects (steps, ...) input, got {fmt(shape)}", layer.loc)
+                raise ShapeError(
+                    f"TimeDistributed expects (steps, ...) input, got {fmt(shape)}", layer.loc
+                )
             assert layer.wrapped is not None
             step_shape, params, _ = self.layer(layer.wrapped, shape[1:], inputs)
             step_shape, subs = self.sequence(layer.sublayers, step_shape, inputs, False)
@@ -306,7 +318,9 @@ class _Propagator:
             return shape, 1 if layer.get("use_scale", False) else 0, []
         if t == "MultiHeadAttention":
             if rank < 2:
-                raise ShapeError(f"{t} expects (steps, features) input, got {fmt(shape)}", layer.loc)
+                raise ShapeError(
+                    f"{t} expects (steps, features) input, got {fmt(shape)}", layer.loc
+                )
             d, heads = shape[-1], _num(layer, "num_heads")
             kd = _num(layer, "key_dim") if layer.get("key_dim") is not None else _div(d, heads)
             inner = _mul(heads, kd)
@@ -326,7 +340,10 @@ class _Propagator:
             return shape, _norm_params(layer, shape[-1]), []
         if t == "InstanceNormalization":
             if rank < 2:
-                raise ShapeError(f"{t} expects (..., channels) input with at least one spatial axis, got {fmt(shape)}", layer.loc)
+                raise ShapeError(
+                    f"{t} expects (..., channels) input with a spatial axis, got {fmt(shape)}",
+                    layer.loc,
+                )
             return shape, _norm_params(layer, shape[-1]), []
         if t == "GroupNormalization":
             groups, c = _num(layer, "groups", 32), shape[-1]
@@ -354,13 +371,14 @@ class _Propagator:
                 _num(layer, n, spec.param(n).default)  # type: ignore[union-attr]
                 for n in ("filters_1x1", "filters_3x3", "filters_5x5", "filters_pool")
             )
-            params = _add(
-                _mul(c, f1), f1, _mul(9, c, f3), f3, _mul(25, c, f5), f5, _mul(c, fp), fp
-            )
+            params = _add(_mul(c, f1), f1, _mul(9, c, f3), f3, _mul(25, c, f5), f5, _mul(c, fp), fp)
             return (shape[0], shape[1], _add(f1, f3, f5, fp)), params, []
         if t == "SqueezeExcitation":
             if rank < 2:
-                raise ShapeError(f"{t} expects (..., channels) input with a spatial axis, got {fmt(shape)}", layer.loc)
+                raise ShapeError(
+                    f"{t} expects (..., channels) input with a spatial axis, got {fmt(shape)}",
+                    layer.loc,
+                )
             c, ratio = shape[-1], _num(layer, "ratio", 16)
             r = None if c is None or ratio is None else max(1, c // ratio)
             return shape, _add(_mul(c, r), r, _mul(r, c), c), []
@@ -371,7 +389,10 @@ class _Propagator:
         if t == "QuantumLayer":
             q, n_layers = _num(layer, "n_qubits", 4), _num(layer, "n_layers", 1)
             if rank != 1 or (q is not None and shape[0] is not None and shape[0] != q):
-                raise ShapeError(f"QuantumLayer with {q} qubits expects ({q},) input, got {fmt(shape)}", layer.loc)
+                raise ShapeError(
+                    f"QuantumLayer with {q} qubits expects ({q},) input, got {fmt(shape)}",
+                    layer.loc,
+                )
             return (q,), _mul(n_layers, q, 3), []
         raise ShapeError(f"no shape rule for {t}", layer.loc)  # a catalog entry without a rule
 
@@ -387,7 +408,8 @@ class _Propagator:
         bias = layer.get("use_bias", True)
         if t == "Conv2DTranspose":
             dims = tuple(
-                None if d is None or kk is None or ss is None
+                None
+                if d is None or kk is None or ss is None
                 else (d * ss if pad == "same" else (d - 1) * ss + kk)
                 for d, kk, ss in zip(shape[:-1], k, s, strict=True)
             )
@@ -407,7 +429,9 @@ class _Propagator:
             return (*dims, filters), params, []
         return (*dims, filters), _add(_mul(kprod, c, filters), filters if bias else 0), []
 
-    def transformer(self, layer: Layer, shape: Shape, inputs: dict[str, Shape]) -> tuple[Shape, int | None, list]:
+    def transformer(
+        self, layer: Layer, shape: Shape, inputs: dict[str, Shape]
+    ) -> tuple[Shape, int | None, list]:
         t = layer.type
         if len(shape) != 2:
             raise ShapeError(f"{t} expects (steps, features) input, got {fmt(shape)}", layer.loc)
@@ -431,7 +455,9 @@ class _Propagator:
         ffn = _add(_mul(d, ff), ff, _mul(ff, d), d)
         return shape, _add(attention, ffn, norms), []
 
-    def residual(self, layer: Layer, shape: Shape, inputs: dict[str, Shape]) -> tuple[Shape, int | None, list]:
+    def residual(
+        self, layer: Layer, shape: Shape, inputs: dict[str, Shape]
+    ) -> tuple[Shape, int | None, list]:
         if not layer.sublayers:
             return shape, 0, []
         out, subs = self.sequence(layer.sublayers, shape, inputs, False)
@@ -465,8 +491,14 @@ _SPATIAL = {
 
 
 def _window(
-    d: int | None, k: int | None, s: int | None, pad: str, dil: int | None,
-    layer: Layer, param: str, shape: Shape,
+    d: int | None,
+    k: int | None,
+    s: int | None,
+    pad: str,
+    dil: int | None,
+    layer: Layer,
+    param: str,
+    shape: Shape,
 ) -> int | None:
     if d is None or k is None or s is None or dil is None:
         return None
@@ -477,8 +509,7 @@ def _window(
         return -(-d // s)
     if span > d:
         raise ShapeError(
-            f"{layer.type} {param} {k} (spanning {span}) is larger than its input "
-            f"{fmt(shape)}",
+            f"{layer.type} {param} {k} (spanning {span}) is larger than its input {fmt(shape)}",
             _loc(layer, param),
         )
     return (d - span) // s + 1
@@ -501,7 +532,9 @@ def _norm_params(layer: Layer, channels: int | None) -> int | None:
     return _mul(per, channels)
 
 
-def propagate(network: Network, limits: Limits | None = None) -> tuple[ShapeReport | None, Collector]:
+def propagate(
+    network: Network, limits: Limits | None = None
+) -> tuple[ShapeReport | None, Collector]:
     """Shapes for every layer, or a diagnostic at the first layer whose input does not fit."""
     limits = limits or Limits()
     out = Collector("shape")
@@ -525,7 +558,5 @@ def propagate(network: Network, limits: Limits | None = None) -> tuple[ShapeRepo
                 next(la.loc for la in network.layers if la.name == lay.name),
             )
             return None, out
-    report = ShapeReport(
-        network.name, tuple(inputs.items()), tuple(layers), final, total
-    )
+    report = ShapeReport(network.name, tuple(inputs.items()), tuple(layers), final, total)
     return report, out

@@ -331,6 +331,20 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str) -> Diagnostic:
     return Diagnostic(str(exc).splitlines()[0], loc, Severity.ERROR, "syntax")
 
 
+def _keyword_as_name(exc: UnexpectedInput) -> bool:
+    """Section keywords (`loss`, `metrics`, ...) are reserved only where a section may start.
+
+    After a value, LALR's merged look-ahead lets the lexer see `loss` as the keyword even
+    inside `metrics { loss: 0.05 }`; where the parser wanted a name, feed it as one."""
+    if not isinstance(exc, UnexpectedToken):
+        return False
+    tok = exc.token
+    if tok.type != "NAME" and "NAME" in exc.accepts and re.fullmatch(r"[A-Za-z_]\w*", str(tok)):
+        exc.interactive_parser.feed_token(Token.new_borrow_pos("NAME", str(tok), tok))
+        return True
+    return False
+
+
 # ---------------------------------------------------------------- limits before parsing
 def check_source_limits(text: str, limits: Limits) -> None:
     """Size and bracket nesting, checked in one linear pass before lark sees the text.
@@ -340,9 +354,7 @@ def check_source_limits(text: str, limits: Limits) -> None:
     out = Collector("limits")
     size = len(text.encode("utf-8", errors="replace"))
     if size > limits.max_source_bytes:
-        out.error(
-            f"source is {size} bytes, over the limit of {limits.max_source_bytes}", Loc(1, 1)
-        )
+        out.error(f"source is {size} bytes, over the limit of {limits.max_source_bytes}", Loc(1, 1))
         out.raise_if_errors()
     depth, line, line_start, i, n = 0, 1, 0, 0, len(text)
     while i < n:
@@ -378,7 +390,7 @@ def parse_raw(text: str, start: str = "start", limits: Limits | None = None) -> 
     limits = limits or Limits()
     check_source_limits(text, limits)
     try:
-        tree: Tree = parser().parse(text, start=start)
+        tree: Tree = parser().parse(text, start=start, on_error=_keyword_as_name)
     except UnexpectedInput as exc:
         raise DSLError([_syntax_diagnostic(exc, text)]) from None
     return _ToRaw().transform(tree)
