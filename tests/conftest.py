@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def corpus_dir() -> Path:
-    """The DSL compatibility corpus: ../shared/dsl-corpus beside the repository (CI lays it there)."""
+    """The DSL corpus: ../shared/dsl-corpus beside the repository (where CI lays it)."""
     return Path(os.environ.get("NEURAL_DSL_CORPUS", ROOT.parent / "shared" / "dsl-corpus"))
 
 

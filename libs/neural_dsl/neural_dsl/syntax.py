@@ -14,7 +14,13 @@ from importlib import resources
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
 from .diagnostics import Collector, Diagnostic, DSLError, Loc, Severity
 from .limits import Limits
@@ -393,4 +399,9 @@ def parse_raw(text: str, start: str = "start", limits: Limits | None = None) -> 
         tree: Tree = parser().parse(text, start=start, on_error=_keyword_as_name)
     except UnexpectedInput as exc:
         raise DSLError([_syntax_diagnostic(exc, text)]) from None
-    return _ToRaw().transform(tree)
+    try:
+        return _ToRaw().transform(tree)
+    except VisitError as exc:  # lark wraps what a transformer method raises
+        if isinstance(exc.orig_exc, DSLError):
+            raise exc.orig_exc from None
+        raise
