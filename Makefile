@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint unit bench clean
+.PHONY: setup test lint bench bench-deps clean
 
 setup: $(STAMP)
 
@@ -25,5 +25,11 @@ test: lint
 bench: setup
 	$(PY) bench/dsl_parse.py
 
+# Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
+# distribution is also called neural-dsl, so it cannot share .venv with ours).
+bench-deps:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet neural-dsl==0.2.9 plotly
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache .hypothesis

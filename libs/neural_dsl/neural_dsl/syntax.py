@@ -13,14 +13,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import (
-    UnexpectedCharacters,
-    UnexpectedEOF,
-    UnexpectedInput,
-    UnexpectedToken,
-    VisitError,
-)
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .diagnostics import Collector, Diagnostic, DSLError, Loc, Severity
 from .limits import Limits
@@ -107,13 +101,15 @@ def _grammar_text() -> str:
 def build_parser() -> Lark:
     """Build a fresh parser (what `bench/dsl_parse.py` times as the one-off cost)."""
     grammar = _grammar_text() + "\nlayer_start: _layer_item\n"
+    # The transformer runs inside the LALR parser, so no parse tree is built at all;
+    # positions come from the tokens (keywords and brackets are kept for that).
     return Lark(
         grammar,
         parser="lalr",
         lexer="contextual",
         start=list(START_RULES),
-        propagate_positions=True,
         maybe_placeholders=False,
+        transformer=_ToRaw(),
     )
 
 
@@ -122,8 +118,8 @@ def parser() -> Lark:
     return build_parser()
 
 
-def _loc(meta_or_token: Any) -> Loc:
-    return Loc(getattr(meta_or_token, "line", 1) or 1, getattr(meta_or_token, "column", 1) or 1)
+def _loc(token: Token) -> Loc:
+    return Loc(token.line or 1, token.column or 1)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
@@ -147,53 +143,54 @@ def _number(tok: Token) -> int | float:
     return value
 
 
-@v_args(meta=True)
 class _ToRaw(Transformer):
     """Parse tree -> Raw* objects. Purely structural: no meaning is checked here."""
 
     # values
-    def number(self, meta: Any, children: list[Token]) -> RawValue:
+    def number(self, children: list[Token]) -> RawValue:
         tok = children[0]
         return RawValue("number", _number(tok), _loc(tok))
 
-    def string(self, meta: Any, children: list[Token]) -> RawValue:
+    def string(self, children: list[Token]) -> RawValue:
         tok = children[0]
         return RawValue("string", decode_string(str(tok)), _loc(tok))
 
-    def ident(self, meta: Any, children: list[Token]) -> RawValue:
+    def ident(self, children: list[Token]) -> RawValue:
         tok = children[0]
         return RawValue("ident", str(tok), _loc(tok))
 
-    def tuple(self, meta: Any, children: list[RawValue]) -> RawValue:
-        return RawValue("tuple", list(children), _loc(meta))
+    def tuple(self, children: list[RawValue]) -> RawValue:
+        lpar, *items = children
+        return RawValue("tuple", items, _loc(lpar))
 
-    def list(self, meta: Any, children: list[RawValue]) -> RawValue:
-        return RawValue("list", list(children), _loc(meta))
+    def list(self, children: list[RawValue]) -> RawValue:
+        lsqb, *items = children
+        return RawValue("list", items, _loc(lsqb))
 
-    def call(self, meta: Any, children: list[Any]) -> RawValue:
+    def call(self, children: list[Any]) -> RawValue:
         name, *args = children
         return RawValue("call", None, _loc(name), name=str(name), args=[_arg(a) for a in args])
 
-    def named_arg(self, meta: Any, children: list[Any]) -> RawArg:
+    def named_arg(self, children: list[Any]) -> RawArg:
         name, value = children
         return RawArg(str(name), value, _loc(name))
 
-    def arglist(self, meta: Any, children: list[Any]) -> tuple[str, list[RawArg]]:
+    def arglist(self, children: list[Any]) -> tuple[str, list[RawArg]]:
         return ("args", [_arg(a) for a in children])
 
     # layers
-    def device(self, meta: Any, children: list[Token]) -> tuple[str, str, Loc]:
+    def device(self, children: list[Token]) -> tuple[str, str, Loc]:
         tok = children[0]
         return ("device", decode_string(str(tok)), _loc(tok))
 
-    def repeat(self, meta: Any, children: list[Token]) -> tuple[str, RawValue, Loc]:
+    def repeat(self, children: list[Token]) -> tuple[str, RawValue, Loc]:
         tok = children[0]
         return ("repeat", RawValue("number", _number(tok), _loc(tok)), _loc(tok))
 
-    def block(self, meta: Any, children: list[Any]) -> tuple[str, list[Any]]:
+    def block(self, children: list[Any]) -> tuple[str, list[Any]]:
         return ("block", list(children))
 
-    def layer(self, meta: Any, children: list[Any]) -> RawLayer:
+    def layer(self, children: list[Any]) -> RawLayer:
         name_tok = children[0]
         layer = RawLayer(str(name_tok), _loc(name_tok), None, None)
         for tag, *rest in children[1:]:
@@ -207,69 +204,70 @@ class _ToRaw(Transformer):
                 layer.block = rest[0]
         return layer
 
-    def branch(self, meta: Any, children: list[Any]) -> RawBranch:
+    def branch(self, children: list[Any]) -> RawBranch:
         name, (_, block) = children
         return RawBranch(str(name), _loc(name), block)
 
-    def layer_start(self, meta: Any, children: list[Any]) -> Any:
+    def layer_start(self, children: list[Any]) -> Any:
         return children[0]
 
     # sections
-    def input_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("input", _loc(meta), children[0])
+    def input_section(self, children: list[Any]) -> RawSection:
+        return RawSection("input", _loc(children[0]), children[1])
 
-    def named_inputs(self, meta: Any, children: list[Any]) -> list[tuple[str, RawValue, Loc]]:
+    def named_inputs(self, children: list[Any]) -> list[tuple[str, RawValue, Loc]]:
         return list(children)
 
-    def named_input(self, meta: Any, children: list[Any]) -> tuple[str, RawValue, Loc]:
+    def named_input(self, children: list[Any]) -> tuple[str, RawValue, Loc]:
         name, shape = children
         return (str(name), shape, _loc(name))
 
-    def layers_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("layers", _loc(meta), list(children))
+    def layers_section(self, children: list[Any]) -> RawSection:
+        return RawSection("layers", _loc(children[0]), list(children[1:]))
 
-    def loss_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("loss", _loc(meta), children[0])
+    def loss_section(self, children: list[Any]) -> RawSection:
+        return RawSection("loss", _loc(children[0]), children[1])
 
-    def optimizer_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("optimizer", _loc(meta), children[0])
+    def optimizer_section(self, children: list[Any]) -> RawSection:
+        return RawSection("optimizer", _loc(children[0]), children[1])
 
-    def metrics_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("metrics", _loc(meta), children[0])
+    def metrics_section(self, children: list[Any]) -> RawSection:
+        return RawSection("metrics", _loc(children[0]), children[1])
 
-    def setting(self, meta: Any, children: list[Any]) -> tuple[str, RawValue, Loc]:
+    def setting(self, children: list[Any]) -> tuple[str, RawValue, Loc]:
         name, value = children
         return (str(name), value, _loc(name))
 
-    def settings_block(self, meta: Any, children: list[Any]) -> list[Any]:
+    def settings_block(self, children: list[Any]) -> list[Any]:
         return list(children)
 
-    def train_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("train", _loc(meta), children[0])
+    def train_section(self, children: list[Any]) -> RawSection:
+        return RawSection("train", _loc(children[0]), children[1])
 
-    def execution_section(self, meta: Any, children: list[Any]) -> RawSection:
-        return RawSection("execution", _loc(meta), children[0])
+    def execution_section(self, children: list[Any]) -> RawSection:
+        return RawSection("execution", _loc(children[0]), children[1])
 
     # top level
-    def network(self, meta: Any, children: list[Any]) -> RawNetwork:
+    def network(self, children: list[Any]) -> RawNetwork:
         name, *sections = children
         return RawNetwork(str(name), _loc(name), list(sections))
 
-    def define(self, meta: Any, children: list[Any]) -> RawDefine:
+    def define(self, children: list[Any]) -> RawDefine:
         name, *body = children
         return RawDefine(str(name), _loc(name), list(body))
 
-    def research_block(self, meta: Any, children: list[Any]) -> tuple[str, Loc, list[Any]]:
+    def research_block(self, children: list[Any]) -> tuple[str, Loc, list[Any]]:
         name, settings = children
         return (str(name), _loc(name), settings)
 
-    def research(self, meta: Any, children: list[Any]) -> RawResearch:
+    def research(self, children: list[Any]) -> RawResearch:
+        keyword, *rest = children
         name = None
-        if children and isinstance(children[0], Token):
-            name = str(children.pop(0))
-        return RawResearch(name, _loc(meta), list(children))
+        if rest and isinstance(rest[0], Token):
+            name = str(rest.pop(0))
+        return RawResearch(name, _loc(keyword), rest)
 
-    def start(self, meta: Any, children: list[Any]) -> RawProgram:
+    def start(self, children: list[Any]) -> RawProgram:
         prog = RawProgram()
         for c in children:
             if isinstance(c, RawNetwork):
@@ -362,33 +360,28 @@ def check_source_limits(text: str, limits: Limits) -> None:
     if size > limits.max_source_bytes:
         out.error(f"source is {size} bytes, over the limit of {limits.max_source_bytes}", Loc(1, 1))
         out.raise_if_errors()
-    depth, line, line_start, i, n = 0, 1, 0, 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\n":
-            line, line_start = line + 1, i + 1
-        elif ch == "#" or text.startswith("//", i):
-            i = text.find("\n", i)
-            if i < 0:
-                break
-            continue
-        elif ch in "\"'":
-            i += 1
-            while i < n and text[i] not in (ch, "\n"):
-                i += 2 if text[i] == "\\" else 1
-            if i < n and text[i] == "\n":
-                continue
-        elif ch in "([{":
+    depth = 0
+    for m in _BRACKETS_OUTSIDE_STRINGS.finditer(text):
+        ch = m.group()
+        if ch in "([{":
             depth += 1
             if depth > limits.max_nesting_depth:
+                pos = m.start()
+                line = text.count("\n", 0, pos) + 1
+                column = pos - (text.rfind("\n", 0, pos) + 1) + 1
                 out.error(
                     f"nesting deeper than {limits.max_nesting_depth} levels of brackets",
-                    Loc(line, i - line_start + 1),
+                    Loc(line, column),
                 )
                 out.raise_if_errors()
         elif ch in ")]}":
             depth = max(0, depth - 1)
-        i += 1
+
+
+# Strings and comments are matched whole (and ignored); brackets one by one.
+_BRACKETS_OUTSIDE_STRINGS = re.compile(
+    r""""(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|\#[^\n]*|//[^\n]*|[()\[\]{}]"""
+)
 
 
 def parse_raw(text: str, start: str = "start", limits: Limits | None = None) -> Any:
@@ -396,12 +389,6 @@ def parse_raw(text: str, start: str = "start", limits: Limits | None = None) -> 
     limits = limits or Limits()
     check_source_limits(text, limits)
     try:
-        tree: Tree = parser().parse(text, start=start, on_error=_keyword_as_name)
+        return parser().parse(text, start=start, on_error=_keyword_as_name)
     except UnexpectedInput as exc:
         raise DSLError([_syntax_diagnostic(exc, text)]) from None
-    try:
-        return _ToRaw().transform(tree)
-    except VisitError as exc:  # lark wraps what a transformer method raises
-        if isinstance(exc.orig_exc, DSLError):
-            raise exc.orig_exc from None
-        raise
