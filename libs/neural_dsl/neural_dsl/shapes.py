@@ -407,11 +407,13 @@ class _Propagator:
         pad = layer.get("padding", "valid")
         bias = layer.get("use_bias", True)
         if t == "Conv2DTranspose":
+            # Keras: the dilated kernel spans k + (k-1)(dil-1); valid padding adds what it
+            # sticks out past the stride.
             dims = tuple(
                 None
-                if d is None or kk is None or ss is None
-                else (d * ss if pad == "same" else (d - 1) * ss + kk)
-                for d, kk, ss in zip(shape[:-1], k, s, strict=True)
+                if d is None or kk is None or ss is None or dd is None
+                else (d * ss if pad == "same" else d * ss + max(kk + (kk - 1) * (dd - 1) - ss, 0))
+                for d, kk, ss, dd in zip(shape[:-1], k, s, dil, strict=True)
             )
         else:
             dims = tuple(
@@ -473,7 +475,9 @@ class _Propagator:
                 layer.loc,
             )
         for a, b in zip(shape[:-1], out[:-1], strict=True):
-            if a is not None and b is not None and (b == 0 or a % b or (a // b) * b != a):
+            # A 1x1 convolution with stride s maps a to ceil(a / s); s = ceil(a / b) is the
+            # only stride that can give b.
+            if a is not None and b is not None and -(-a // -(-a // b)) != b:
                 raise ShapeError(
                     f"{layer.type}: its block maps {fmt(shape)} to {fmt(out)}; no strided "
                     "projection of the shortcut fits",
