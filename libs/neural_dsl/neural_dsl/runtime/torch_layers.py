@@ -97,7 +97,13 @@ class Conv(nn.Module):
         super().__init__()
         self.kernel, self.strides, self.dilation, self.padding = kernel, strides, dilation, padding
         self.conv = _CONV[rank](
-            in_channels, filters, kernel, stride=strides, dilation=dilation, groups=groups, bias=bias
+            in_channels,
+            filters,
+            kernel,
+            stride=strides,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         self.act = Act(activation)
 
@@ -273,7 +279,9 @@ class Recurrent(nn.Module):
             )
         else:
             cls = nn.LSTM if kind == "LSTM" else nn.GRU
-            self.rnn = cls(in_features, units, bias=bias, batch_first=True, bidirectional=bidirectional)
+            self.rnn = cls(
+                in_features, units, bias=bias, batch_first=True, bidirectional=bidirectional
+            )
         self.units, self.return_sequences, self.merge_mode = units, return_sequences, merge_mode
         self.dropout = nn.Dropout(dropout)
 
@@ -477,13 +485,17 @@ def place(module: nn.Module, device: str | None) -> nn.Module:
     target = "cuda" + device[3:] if device.startswith("gpu") else device
     available = (
         target == "cpu"
-        or (target.startswith("cuda") and torch.cuda.is_available()
-            and int(target.partition(":")[2] or 0) < torch.cuda.device_count())
+        or (
+            target.startswith("cuda")
+            and torch.cuda.is_available()
+            and int(target.partition(":")[2] or 0) < torch.cuda.device_count()
+        )
         or (target == "mps" and torch.backends.mps.is_available())
     )
     if not available:
-        warnings.warn(f"device {device!r} is not available here: layer stays on the CPU",
-                      stacklevel=2)
+        warnings.warn(
+            f"device {device!r} is not available here: layer stays on the CPU", stacklevel=2
+        )
         return module
     module.device_hint = target  # type: ignore[assignment]
     return module.to(target)
