@@ -678,8 +678,16 @@ class _NetworkBuilder:
     def _metrics(self, sec: Any) -> tuple[str, ...]:
         rv = sec.payload
         items = rv.value if rv.kind in ("list", "tuple") else [rv]
-        names = [self._name_value(x, "a metric") for x in items]
-        return tuple(n for n in names if n)
+        names = []
+        for x in items:
+            name = self._name_value(x, "a metric")
+            if name is None:
+                continue
+            if name.lower() not in catalog.METRICS:
+                self.out.error(f"unknown metric '{name}'" + suggest(name, catalog.METRICS), x.loc)
+                continue
+            names.append(name.lower())
+        return tuple(names)
 
     def _optimizer(self, sec: Any) -> Optimizer | None:
         rv: RawValue = sec.payload
@@ -712,12 +720,11 @@ class _NetworkBuilder:
             if a.name is None and a is not args[0]:
                 self.out.error(f"{canonical} takes only learning_rate positionally", a.loc)
                 continue
-            kind = catalog.OPTIMIZER_PARAMS.get(pname)
+            accepts = catalog.OPTIMIZER_ACCEPTS[canonical]
+            kind = catalog.OPTIMIZER_PARAMS.get(pname) if pname in accepts else None
             if kind is None:
                 self.out.error(
-                    f"{canonical} has no parameter '{pname}'"
-                    + suggest(pname, catalog.OPTIMIZER_PARAMS),
-                    a.loc,
+                    f"{canonical} has no parameter '{pname}'" + suggest(pname, accepts), a.loc
                 )
                 continue
             if pname == "learning_rate" and a.value.kind == "call" and a.value.name != "HPO":

@@ -104,6 +104,31 @@ LOSSES = frozenset(
 # Canonical spelling; the DSL accepts any letter case (`"adam"`, `Sgd`).
 OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam")
 
+# Metrics every backend computes under these names.
+METRICS = (
+    "accuracy",
+    "binary_accuracy",
+    "categorical_accuracy",
+    "sparse_categorical_accuracy",
+    "top_k_categorical_accuracy",
+    "mae",
+    "mse",
+)
+
+# Which parameters each optimizer takes (Keras' names and meanings).
+_CLIP = ("learning_rate", "weight_decay", "clipnorm", "clipvalue")
+_ADAM = (*_CLIP, "beta_1", "beta_2", "epsilon")
+OPTIMIZER_ACCEPTS: dict[str, tuple[str, ...]] = {
+    "Adam": (*_ADAM, "amsgrad"),
+    "AdamW": (*_ADAM, "amsgrad"),
+    "Adamax": _ADAM,
+    "Nadam": _ADAM,
+    "SGD": (*_CLIP, "momentum", "nesterov"),
+    "RMSprop": (*_CLIP, "rho", "momentum", "epsilon"),
+    "Adagrad": (*_CLIP, "epsilon"),
+    "Adadelta": (*_CLIP, "rho", "epsilon"),
+}
+
 OPTIMIZER_PARAMS: dict[str, Kind] = {
     "learning_rate": Kind.POS_FLOAT,
     "momentum": Kind.UNIT,
@@ -248,8 +273,6 @@ _DENSE = (
     _p("units", Kind.POS_INT, required=True),
     ACT,
     _p("use_bias", Kind.BOOL, default=True),
-    _p("kernel_initializer", Kind.STR),
-    _p("bias_initializer", Kind.STR),
 )
 
 _SPECS: tuple[LayerSpec, ...] = (

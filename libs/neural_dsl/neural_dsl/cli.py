@@ -1,7 +1,9 @@
-"""`python -m neural_dsl check|shapes|ir FILE`.
+"""`python -m neural_dsl check|shapes|ir|compile|backends`.
 
 check: exit 0 when valid; otherwise exit 1 and `FILE:LINE:COL: error: MESSAGE` with the
 source line and a caret, for every error found. Exit 2 for usage and I/O errors.
+compile FILE --backend pytorch|tensorflow|onnx -o OUT [--hparams JSON] [--network NAME]:
+a program with HPO(...) parameters needs a value for each (the error names them).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .api import check, parse
 from .diagnostics import Diagnostic, DSLError
@@ -35,10 +38,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("check", "parse, validate and shape-check a program"),
         ("shapes", "print the output shape and parameter count after every layer (JSON)"),
         ("ir", "print the program's IR (JSON)"),
+        ("compile", "generate PyTorch or TensorFlow/Keras code, or an ONNX model"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("file", help="a .neural file, or - for standard input")
+        if name == "compile":
+            p.add_argument("--backend", required=True, choices=("pytorch", "tensorflow", "onnx"))
+            p.add_argument("-o", "--output", required=True, help="the .py or .onnx file to write")
+            p.add_argument(
+                "--hparams",
+                help="values for the HPO(...) parameters: a JSON object or a JSON file, "
+                "e.g. '{\"layers.dense_1.units\": 128}'",
+            )
+            p.add_argument("--network", help="which network, when the file declares several")
+    b = sub.add_parser("backends", help="print which layer types each backend supports")
+    b.add_argument("--json", action="store_true", help="as JSON")
     args = ap.parse_args(argv)
+    if args.command == "backends":
+        return _backends(args.json)
 
     try:
         source = _read(args.file)
@@ -49,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ir":
             print(json.dumps(program_to_json(parse(source)), indent=2))
             return 0
+        if args.command == "compile":
+            return _compile(args, source)
         result = check(source)
     except DSLError as exc:
         _report(args.file, source, exc.diagnostics)
@@ -63,4 +82,67 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n, r in result.shapes.items()
         )
         print(f"{args.file}: ok: {names}")
+    return 0
+
+
+def _hparams(text: str | None) -> dict[str, object] | None:
+    if text is None:
+        return None
+    raw = text if text.lstrip().startswith("{") else Path(text).read_text(encoding="utf-8")
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("--hparams must be a JSON object of name: value")
+    return value
+
+
+def _compile(args: argparse.Namespace, source: str) -> int:
+    from .backends import compile_network
+
+    try:
+        hparams = _hparams(args.hparams)
+    except (OSError, ValueError) as exc:
+        print(f"{args.file}: error: --hparams: {exc}", file=sys.stderr)
+        return 2
+    program = parse(source)
+    names = [n.name for n in program.networks]
+    if args.network:
+        if args.network not in names:
+            print(
+                f"{args.file}: error: no network {args.network!r} (has: {', '.join(names)})",
+                file=sys.stderr,
+            )
+            return 2
+        network = program.get(args.network)
+    elif len(names) != 1:
+        print(
+            f"{args.file}: error: {len(names)} networks ({', '.join(names)}): pick one with "
+            "--network",
+            file=sys.stderr,
+        )
+        return 2
+    else:
+        network = program.network
+    result = compile_network(network, args.backend, hparams)
+    mode, data = ("wb", result.onnx) if result.onnx is not None else ("w", result.source)
+    with open(args.output, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+        f.write(data)  # type: ignore[arg-type]
+    for note in result.warnings:
+        print(f"{args.file}: warning: {note}", file=sys.stderr)
+    total = result.shapes.total_params
+    print(f"{args.output}: {args.backend}, network {network.name}, {total:,} parameters")
+    return 0
+
+
+def _backends(as_json: bool) -> int:
+    from . import catalog
+    from .backends import BACKENDS, support_matrix
+
+    matrix = support_matrix()
+    if as_json:
+        print(json.dumps(matrix, indent=2))
+        return 0
+    print(f"{'layer':26s} {'family':14s} " + " ".join(f"{b:10s}" for b in BACKENDS))
+    for name, row in matrix.items():
+        marks = " ".join(f"{'yes' if row[b] else '-':10s}" for b in BACKENDS)
+        print(f"{name:26s} {catalog.LAYERS[name].family:14s} {marks}")
     return 0

@@ -38,16 +38,12 @@ def in_space(value: Any, space: Choice | Range | LogRange) -> bool:
 def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         a = tuple(a)
-    return (
-        (type(a) is type(b)
-        and a == b)
-        or (
-            isinstance(a, int | float)
-            and isinstance(b, int | float)
-            and not isinstance(a, bool)
-            and not isinstance(b, bool)
-            and a == b
-        )
+    return (type(a) is type(b) and a == b) or (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
     )
 
 

@@ -8,15 +8,17 @@ have the same architecture, and no string reaches generated code unquoted.
 
 from __future__ import annotations
 
-import inspect
+import ast
+import keyword
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import ModuleType
+from importlib import resources
 from typing import Any
 
 from ..diagnostics import Diagnostic, DSLError, Loc, Severity
-from ..ir import Layer
+from ..ir import Layer, Network, Schedule
 
 
 @dataclass(frozen=True)
@@ -77,57 +79,35 @@ def used_names(v: Any, into: set[str] | None = None) -> set[str]:
     return into
 
 
-def helper_source(module: ModuleType, names: set[str]) -> str:
-    """The source of the module-level classes/functions in `names` (and what they use)."""
-    members = {
-        n: obj
-        for n, obj in vars(module).items()
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__
-    }
-    src = {n: inspect.getsource(obj) for n, obj in members.items()}
-    wanted: set[str] = set()
-    todo = [n for n in names if n in members]
-    while todo:  # follow references between helpers
-        n = todo.pop()
-        if n in wanted:
+def helper_source(runtime_file: str, names: set[str]) -> str:
+    """The source of the top-level classes, functions and constants of a runtime file that
+    `names` need (following references between them), in file order.
+
+    Read as text with `ast`, so generating code does not import the framework."""
+    text = resources.files("neural_dsl.runtime").joinpath(runtime_file).read_text("utf-8")
+    blocks: dict[str, str] = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            name = node.name
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        else:
             continue
-        wanted.add(n)
-        todo += [m for m in members if m not in wanted and _mentions(src[n], m)]
-    # keep the module's own order; module-level tables (like _ACTIVATIONS) come along by name
-    order = [n for n in members if n in wanted]
-    text = inspect.getsource(module)
-    consts = [
-        line_block
-        for line_block in _top_level_assignments(text)
-        if any(_mentions(src[n], line_block.split("=")[0].strip()) for n in order)
-    ]
-    return "\n\n".join(consts + [src[n].rstrip() for n in order]) + "\n"
+        segment = ast.get_source_segment(text, node)
+        assert segment is not None
+        blocks[name] = segment
+    wanted: set[str] = set()
+    todo = [n for n in names if n in blocks]
+    while todo:
+        n = todo.pop()
+        if n not in wanted:
+            wanted.add(n)
+            todo += [m for m in blocks if m not in wanted and _mentions(blocks[n], m)]
+    return "\n\n\n".join(blocks[n] for n in blocks if n in wanted) + "\n"
 
 
 def _mentions(text: str, name: str) -> bool:
-    import re
-
     return re.search(rf"\b{re.escape(name)}\b", text) is not None
-
-
-def _top_level_assignments(text: str) -> list[str]:
-    """Module-level `NAME = ...` blocks (a statement and its indented continuation)."""
-    blocks: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line[:1].isalpha() or line[:1] == "_":
-            head = line.split("=")[0].strip()
-            if "=" in line and head.isidentifier() and not line.startswith(("def ", "class ")):
-                j = i + 1
-                while j < len(lines) and (lines[j].startswith((" ", ")", "}", "]"))):
-                    j += 1
-                blocks.append("\n".join(lines[i:j]))
-                i = j
-                continue
-        i += 1
-    return blocks
 
 
 def unsupported(layer: Layer, backend: str, why: str = "") -> DSLError:
@@ -147,3 +127,52 @@ def unsupported(layer: Layer, backend: str, why: str = "") -> DSLError:
 
 def backend_error(message: str, loc: Loc) -> DSLError:
     return DSLError([Diagnostic(message, loc, Severity.ERROR, "backend")])
+
+
+# ---------------------------------------------------------------- shared by generators
+_RESERVED = {
+    "self",
+    "torch",
+    "nn",
+    "F",
+    "math",
+    "warnings",
+    "keras",
+    "layers",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "loss_fn",
+    "annotations",
+}
+
+
+def python_name(name: str) -> str:
+    """An identifier from a DSL name (already [A-Za-z_][A-Za-z0-9_]*) that shadows nothing."""
+    ok = name.isidentifier() and not keyword.iskeyword(name) and name not in _RESERVED
+    return name if ok else f"{name}_" if name.isidentifier() else "Network"
+
+
+def settings(network: Network) -> dict[str, Any]:
+    """The loss, optimizer and training settings as plain literals."""
+
+    def lit(v: Any) -> Any:
+        if isinstance(v, Schedule):
+            return {"type": v.type, "params": {p.name: lit(p.value) for p in v.params}}
+        return v
+
+    opt = network.optimizer
+    t = network.training
+    return {
+        "loss": network.loss,
+        "optimizer": {"type": opt.type, "params": {p.name: lit(p.value) for p in opt.params}}
+        if opt
+        else {"type": "Adam", "params": {}},
+        "metrics": list(network.metrics),
+        "training": {
+            k: getattr(t, k)
+            for k in ("epochs", "batch_size", "validation_split", "shuffle")
+            if getattr(t, k) is not None
+        },
+        "device": network.execution.device,
+    }

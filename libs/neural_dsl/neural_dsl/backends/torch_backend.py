@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import keyword
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..ir import Layer, Network, Schedule
-from ..runtime import torch_layers, torch_training
+from ..ir import Layer, Network
 from ..shapes import LayerShape, ShapeReport
-from .common import Ctor, ctor, helper_source, render, unsupported, used_names
+from .common import (
+    Ctor,
+    ctor,
+    helper_source,
+    python_name,
+    render,
+    settings,
+    unsupported,
+    used_names,
+)
 
 BACKEND = "pytorch"
 Shape = tuple[int | None, ...]
@@ -303,6 +310,8 @@ def namespace() -> dict[str, Any]:
     import torch
     from torch import nn
 
+    from ..runtime import torch_layers
+
     ns: dict[str, Any] = {"nn": nn, "torch": torch}
     ns.update({n: getattr(torch_layers, n) for n in dir(torch_layers) if not n.startswith("__")})
     return ns
@@ -313,6 +322,7 @@ def build_live(network: Network, report: ShapeReport) -> Any:
     """The network as a torch.nn.Module (channels-last inputs, one positional arg per input)."""
     from torch import nn
 
+    from ..runtime import torch_layers
     from .common import instantiate
 
     p = plan(network, report)
@@ -344,54 +354,6 @@ def build_live(network: Network, report: ShapeReport) -> Any:
 
 
 # ---------------------------------------------------------------- code generation
-_RESERVED = {
-    "self",
-    "torch",
-    "nn",
-    "F",
-    "math",
-    "warnings",
-    "keras",
-    "layers",
-    "build_model",
-    "build_optimizer",
-    "build_scheduler",
-    "loss_fn",
-    "annotations",
-}
-
-
-def python_name(name: str) -> str:
-    """An identifier from a DSL name (already [A-Za-z_][A-Za-z0-9_]*) that shadows nothing."""
-    ok = name.isidentifier() and not keyword.iskeyword(name) and name not in _RESERVED
-    return name if ok else f"{name}_" if name.isidentifier() else "Network"
-
-
-def settings(network: Network) -> dict[str, Any]:
-    """The loss, optimizer and training settings as plain literals."""
-
-    def lit(v: Any) -> Any:
-        if isinstance(v, Schedule):
-            return {"type": v.type, "params": {p.name: lit(p.value) for p in v.params}}
-        return v
-
-    opt = network.optimizer
-    t = network.training
-    return {
-        "loss": network.loss,
-        "optimizer": {"type": opt.type, "params": {p.name: lit(p.value) for p in opt.params}}
-        if opt
-        else {"type": "Adam", "params": {}},
-        "metrics": list(network.metrics),
-        "training": {
-            k: getattr(t, k)
-            for k in ("epochs", "batch_size", "validation_split", "shuffle")
-            if getattr(t, k) is not None
-        },
-        "device": network.execution.device,
-    }
-
-
 def _render_dict(d: dict[str, Any]) -> str:
     items = ", ".join(f"{render(k)}: {_render_value(v)}" for k, v in d.items())
     return "{" + items + "}"
@@ -403,7 +365,7 @@ def _render_value(v: Any) -> str:
     return render(v)
 
 
-def generate(network: Network, report: ShapeReport, ir_json: str = "") -> str:
+def generate(network: Network, report: ShapeReport) -> str:
     p = plan(network, report)
     cls = python_name(network.name)
     used: set[str] = {"place", "on_device"} if any(m.device for m in p.modules) else set()
@@ -450,11 +412,11 @@ def generate(network: Network, report: ShapeReport, ir_json: str = "") -> str:
             "",
             "# ---- layer helpers (neural_dsl.runtime.torch_layers) ----",
             "",
-            helper_source(torch_layers, used),
+            helper_source("torch_layers.py", used),
             "",
             "# ---- training helpers (neural_dsl.runtime.torch_training) ----",
             "",
-            helper_source(torch_training, set(_TRAINING_API)),
+            helper_source("torch_training.py", set(_TRAINING_API)),
             "",
             "# ---- the network ----",
             "",

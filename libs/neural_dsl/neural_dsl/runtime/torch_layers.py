@@ -69,7 +69,9 @@ class Dense(nn.Module):
 def same_padding(sizes: list[int], kernel: tuple, strides: tuple, dilation: tuple) -> list[int]:
     """TensorFlow's 'same' padding (the extra pixel goes after), in F.pad's order."""
     pads: list[int] = []
-    for n, k, s, d in zip(reversed(sizes), reversed(kernel), reversed(strides), reversed(dilation)):
+    for n, k, s, d in zip(
+        reversed(sizes), reversed(kernel), reversed(strides), reversed(dilation), strict=True
+    ):
         total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
         pads += [total // 2, total - total // 2]
     return pads
@@ -319,8 +321,8 @@ class Norm(nn.Module):
             self.norm = nn.GroupNorm(groups, channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "layer" or x.dim() == 2:
-            return self.norm(x) if self.kind != "group" else self.norm(x)
+        if self.kind == "layer" or x.dim() == 2:  # already (batch, channels) or per-feature
+            return self.norm(x)
         return self.norm(x.movedim(-1, 1)).movedim(1, -1)
 
 
