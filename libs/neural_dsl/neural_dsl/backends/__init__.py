@@ -157,12 +157,13 @@ def _first_layer(network: Network, input_name: str) -> Any:
     return None
 
 
-def export_onnx(network: Network, report: ShapeReport) -> bytes:
-    """The PyTorch model of the network, exported to ONNX (dynamic batch) and fully checked."""
+def export_onnx(network: Network, report: ShapeReport, model: Any = None) -> bytes:
+    """The PyTorch model of the network (a fresh one, or `model` with its weights), exported
+    to ONNX with a dynamic batch dimension and checked with onnx.checker (full_check)."""
     import onnx
     import torch
 
-    model = torch_backend.build_live(network, report).eval()
+    model = (model or torch_backend.build_live(network, report)).eval()
     args = tuple(torch.from_numpy(a) for a in example_inputs(network))
     names = [i.name for i in network.inputs]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -172,6 +173,7 @@ def export_onnx(network: Network, report: ShapeReport) -> bytes:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*(_flat_weights|axis name).*")
         program = torch.onnx.export(
             model,
             args,

@@ -214,7 +214,7 @@ LOWER: dict[str, Callable[..., Ctor]] = {
     },
     **{f"{k}Pooling{n}D": _pool for k in ("Max", "Average") for n in (1, 2, 3)},
     **{f"Global{k}Pooling{n}D": _global_pool for k in ("Max", "Average") for n in (1, 2, 3)},
-    **{t: _recurrent for t in _RNN_KIND},
+    **{t: (lambda la, shape, *_: _recurrent(la, shape)) for t in _RNN_KIND},
     "Bidirectional": _bidirectional,
     **{
         t: _norm
