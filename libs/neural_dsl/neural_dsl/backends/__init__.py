@@ -66,12 +66,6 @@ def prepare(
     """Fix HPO values, propagate shapes, and check every layer is supported by `backend`."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if network.hpo_params() or hparams:
-        network, out = resolve(network, hparams or {})
-        out.raise_if_errors()
-    report, out = propagate(network, limits)
-    out.raise_if_errors()
-    assert report is not None
     problems: list[Diagnostic] = []
     for layer in network.walk():
         if layer.type != catalog.BRANCH and not supports(backend, layer.type):
@@ -79,6 +73,12 @@ def prepare(
             problems += unsupported(layer, backend, why).diagnostics
     if problems:
         raise DSLError(problems)
+    if network.hpo_params() or hparams:
+        network, out = resolve(network, hparams or {})
+        out.raise_if_errors()
+    report, out = propagate(network, limits)
+    out.raise_if_errors()
+    assert report is not None
     return network, report
 
 
