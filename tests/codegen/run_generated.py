@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,7 +39,7 @@ def run(entry: dict) -> list[int]:
 
 
 def main() -> None:
-    entries = json.loads(open(sys.argv[1], encoding="utf-8").read())
+    entries = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     shapes = {e["module"]: run(e) for e in entries}
     print(json.dumps({"shapes": shapes, "imports_neural_dsl": "neural_dsl" in sys.modules}))
 

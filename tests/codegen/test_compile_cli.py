@@ -121,3 +121,42 @@ def test_device_placement_is_honoured_where_the_device_exists_and_warned_otherwi
     assert next(model.dense_1.parameters()).device.type == ("cuda" if cuda else "cpu")
     out = model(torch.zeros(3, 28, 28, 1))
     assert out.shape == (3, 2) and out.device.type == "cpu"
+
+
+def test_generated_pytorch_code_places_layers_on_their_device(tmp_path: Path) -> None:
+    import torch
+    from neural_dsl.backends import compile_network
+
+    from tests.codegen.helpers import load
+
+    network = parse(net('Flatten()\n    Dense(8) @ "cuda:0"\n    Dense(2)')).network
+    path = tmp_path / "placed.py"
+    path.write_text(compile_network(network, "pytorch").source or "")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load(path, "placed").build_model()
+    cuda = torch.cuda.is_available()
+    assert any("not available" in str(w.message) for w in caught) is not cuda
+    assert next(model.dense_1.parameters()).device.type == ("cuda" if cuda else "cpu")
+    assert next(model.dense_2.parameters()).device.type == "cpu"
+    assert model(torch.zeros(3, 28, 28, 1)).shape == (3, 2)
+
+
+def test_placed_branches_merge_on_the_merge_layers_device() -> None:
+    import torch
+
+    text = """
+network Two {
+  input: { a: (4), b: (4) }
+  layers:
+    a: { Dense(3) @ "cuda:0" }
+    b: { Dense(3) }
+    Concatenate()
+    Dense(2)
+}
+"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_torch(parse(text).network)
+    out = model(torch.ones(2, 4), torch.ones(2, 4))
+    assert out.shape == (2, 2) and out.device.type == "cpu"

@@ -8,8 +8,6 @@ with shape propagation.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,12 @@ from neural_dsl import check
 from neural_dsl.backends import example_inputs, export_onnx, keras_backend, torch_backend
 from neural_dsl.backends.transfer import torch_to_keras
 
+from tests.codegen.helpers import load
 from tests.codegen.programs import PROGRAMS, TORCH_EXTRA_BIAS_GATES
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 ort = pytest.importorskip("onnxruntime")
-
-
-def load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module", params=sorted(PROGRAMS))

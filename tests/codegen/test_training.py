@@ -10,7 +10,7 @@ import pytest
 from neural_dsl import check
 from neural_dsl.backends import compile_network
 
-from tests.codegen.test_equivalence import load
+from tests.codegen.helpers import load
 
 PROGRAM = """
 network Small {

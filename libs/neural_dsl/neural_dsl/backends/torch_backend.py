@@ -303,6 +303,10 @@ def plan(network: Network, report: ShapeReport) -> Plan:
         modules.append(Module(layer.name, c, layer.device))
         kind = "merge" if c.fn == "Merge" else "layer"
         steps.append(Step(kind, (layer.name,)))
+    if any(m.device for m in modules):
+        # Once one layer is placed, the others are pinned to the CPU, so every input is
+        # moved to where its layer lives.
+        modules = [Module(m.attr, m.ctor, m.device or "cpu") for m in modules]
     return Plan(tuple(modules), tuple(steps), tuple(names))
 
 
@@ -344,7 +348,7 @@ def build_live(network: Network, report: ShapeReport) -> Any:
                         b = torch_layers.on_device(getattr(self, attr), b)
                     branches.append(b)
                 elif step.kind == "merge":
-                    x, branches = getattr(self, step.attrs[0])(branches), []
+                    x, branches = torch_layers.on_device(getattr(self, step.attrs[0]), branches), []
                 else:
                     x = torch_layers.on_device(getattr(self, step.attrs[0]), x)
             return x
@@ -383,7 +387,9 @@ def generate(network: Network, report: ShapeReport) -> str:
             body += [f"        {var} = {_call(a, var, devices)}" for a in step.attrs]
             branch_vars.append(var)
         elif step.kind == "merge":
-            body.append(f"        x = self.{step.attrs[0]}([{', '.join(branch_vars)}])")
+            body.append(
+                f"        x = {_call(step.attrs[0], '[' + ', '.join(branch_vars) + ']', devices)}"
+            )
             branch_vars = []
         else:
             body.append(f"        x = {_call(step.attrs[0], 'x', devices)}")

@@ -503,7 +503,9 @@ def place(module: nn.Module, device: str | None) -> nn.Module:
     return module.to(target)
 
 
-def on_device(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Move the input to the layer's device (set by `place`) before calling it."""
+def on_device(module: nn.Module, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Move the input (or a merge's inputs) to the layer's device (set by `place`), call it."""
     device = getattr(module, "device_hint", None)
-    return module(x.to(device) if device is not None else x)
+    if device is None:
+        return module(x)
+    return module([t.to(device) for t in x] if isinstance(x, list) else x.to(device))
