@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -84,6 +85,20 @@ def helper_source(runtime_file: str, names: set[str]) -> str:
     `names` need (following references between them), in file order.
 
     Read as text with `ast`, so generating code does not import the framework."""
+    blocks = _blocks(runtime_file)
+    wanted: set[str] = set()
+    todo = [n for n in names if n in blocks]
+    while todo:
+        n = todo.pop()
+        if n not in wanted:
+            wanted.add(n)
+            todo += [m for m in blocks if m not in wanted and _mentions(blocks[n], m)]
+    return "\n\n\n".join(blocks[n] for n in blocks if n in wanted) + "\n"
+
+
+@cache
+def _blocks(runtime_file: str) -> dict[str, str]:
+    """Top-level definitions of a runtime file by name, in file order (parsed once)."""
     text = resources.files("neural_dsl.runtime").joinpath(runtime_file).read_text("utf-8")
     blocks: dict[str, str] = {}
     for node in ast.parse(text).body:
@@ -96,14 +111,7 @@ def helper_source(runtime_file: str, names: set[str]) -> str:
         segment = ast.get_source_segment(text, node)
         assert segment is not None
         blocks[name] = segment
-    wanted: set[str] = set()
-    todo = [n for n in names if n in blocks]
-    while todo:
-        n = todo.pop()
-        if n not in wanted:
-            wanted.add(n)
-            todo += [m for m in blocks if m not in wanted and _mentions(blocks[n], m)]
-    return "\n\n\n".join(blocks[n] for n in blocks if n in wanted) + "\n"
+    return blocks
 
 
 def _mentions(text: str, name: str) -> bool:
