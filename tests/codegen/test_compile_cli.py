@@ -160,3 +160,18 @@ network Two {
         model = build_torch(parse(text).network)
     out = model(torch.ones(2, 4), torch.ones(2, 4))
     assert out.shape == (2, 2) and out.device.type == "cpu"
+
+
+def test_generating_source_imports_no_framework(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from neural_dsl import parse\n"
+        "from neural_dsl.backends import compile_network\n"
+        f"n = parse({net('Conv2D(4, (3,3))  Flatten()  Dense(2)')!r}).network\n"
+        "for b in ('pytorch', 'tensorflow'):\n"
+        "    assert 'build_model' in compile_network(n, b).source\n"
+        "print([m for m in ('torch', 'tensorflow', 'keras', 'onnx') if m in sys.modules])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
