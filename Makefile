@@ -3,21 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+STUBS := libs/neural_api/.generated
+PROTOS := $(wildcard protos/neural/v1/*.proto)
 
-.PHONY: setup test lint bench bench-deps clean
+.PHONY: setup test lint bench bench-deps clean run
 
-setup: $(STAMP)
+setup: $(STAMP) $(STUBS)
 
 # Re-runs only when the dependency lists change, so `make setup` is cheap and idempotent.
-$(STAMP): requirements.txt pyproject.toml libs/neural_dsl/pyproject.toml
+$(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -e libs/neural_dsl
+	$(PY) -m pip install --quiet -r requirements.txt \
+		-e libs/neural_dsl -e libs/neural_api -e libs/service_kit
 	touch $(STAMP)
 
+# Python stubs (importable as neural.v1) and the descriptor set Envoy's transcoder reads.
+$(STUBS): $(PROTOS) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos \
+		-I$$($(PY) -c 'import site; print(site.getsitepackages()[0])') \
+		--python_out=libs/neural_api --grpc_python_out=libs/neural_api --pyi_out=libs/neural_api \
+		--descriptor_set_out=gateway/neural_descriptor.pb --include_imports --include_source_info \
+		$(PROTOS)
+	touch $(STUBS)
+
 lint: setup
-	$(VENV)/bin/ruff check libs tests bench
-	$(VENV)/bin/ruff format --check libs tests bench
+	$(VENV)/bin/ruff check libs services tests bench
+	$(VENV)/bin/ruff format --check libs services tests bench
 
 test: lint
 	$(PY) -m pytest

@@ -1,0 +1,19 @@
+"""The Dramatiq broker every service and worker uses: Redis, from NEURAL_REDIS_URL."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from .settings import Settings
+
+_broker: RedisBroker | None = None
+
+
+def setup_broker(settings: Settings) -> RedisBroker:
+    """Set (once per process) the global broker that actors declare themselves on."""
+    global _broker
+    if _broker is None:
+        _broker = RedisBroker(url=settings.redis_url)
+        dramatiq.set_broker(_broker)
+    return _broker

@@ -1,0 +1,68 @@
+"""Errors a handler raises; the error interceptor turns each into its gRPC status.
+
+Anything else a handler raises is a bug: INTERNAL, logged with its traceback, and the
+caller learns nothing of the inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass
+class ServiceError(Exception):
+    message: str
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+
+@dataclass
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgument(ServiceError):
+    """A caller's mistake, with a google.rpc.BadRequest violation per problem."""
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message, grpc.StatusCode.INVALID_ARGUMENT)
+        self.violations = violations or []
+
+
+class NotFound(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.NOT_FOUND)
+
+
+class AlreadyExists(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.ALREADY_EXISTS)
+
+
+class FailedPrecondition(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+class Unauthenticated(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.UNAUTHENTICATED)
+
+
+class PermissionDenied(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class ResourceExhausted(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class Unavailable(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.UNAVAILABLE)

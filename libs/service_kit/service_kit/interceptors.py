@@ -1,0 +1,286 @@
+"""One server interceptor for every call: request id, authentication, metrics, logs, errors.
+
+Handlers raise `service_kit.errors` exceptions; here they become gRPC statuses (with a
+google.rpc.BadRequest detail for invalid arguments). A database or Redis that cannot be
+reached is UNAVAILABLE; anything else unexpected is INTERNAL, logged, and never explained
+to the caller beyond its request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from . import errors
+from .auth import AuthStore, Principal
+from .logs import request_id
+
+log = logging.getLogger("neural.rpc")
+
+REQUESTS = Counter(
+    "neural_grpc_requests_total",
+    "RPCs handled, by method and status code",
+    ["service", "method", "code"],
+)
+ERRORS = Counter(
+    "neural_grpc_errors_total",
+    "RPCs that ended with a status other than OK",
+    ["service", "method", "code"],
+)
+LATENCY = Histogram(
+    "neural_grpc_request_seconds",
+    "Time to handle an RPC",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "current_principal", default=None
+)
+
+ALWAYS_PUBLIC = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+
+def principal() -> Principal:
+    """The authenticated caller of the RPC in flight."""
+    p = current_principal.get()
+    if p is None:
+        raise errors.Unauthenticated("no credentials")
+    return p
+
+
+def _unavailable(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in _chain(exc)}
+    return bool(
+        names
+        & {
+            "OperationalError",
+            "InterfaceError",
+            "ConnectionError",
+            "ConnectionRefusedError",
+            "TimeoutError",
+            "CannotConnectNowError",
+            "ConnectionDoesNotExistError",
+        }
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen = []
+    while exc is not None and len(seen) < 10:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return seen
+
+
+def _status(exc: errors.ServiceError) -> grpc.Status:
+    detail = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    if isinstance(exc, errors.InvalidArgument) and exc.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in exc.violations
+            ]
+        )
+        detail.details.add().Pack(bad)
+    return rpc_status.to_status(detail)
+
+
+class Interceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        service: str,
+        auth: AuthStore | None,
+        method_roles: dict[str, str],
+        public: frozenset[str] = frozenset(),
+        auth_disabled: bool = False,
+    ) -> None:
+        self.service = service
+        self.auth = auth
+        self.roles = method_roles
+        self.public = ALWAYS_PUBLIC | public
+        self.auth_disabled = auth_disabled
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        meta = dict(details.invocation_metadata or ())
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, meta),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method, meta),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method, meta),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream, method, meta),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    # -------------------------------------------------------------- per call
+    async def _enter(self, method: str, meta: dict[str, Any], context: Any) -> None:
+        rid = str(meta.get("x-request-id") or uuid.uuid4().hex)[:64]
+        request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        current_principal.set(None)
+        if method in self.public:
+            return
+        if self.auth_disabled:
+            current_principal.set(Principal("anonymous", "admin"))
+            return
+        credential = ""
+        header = str(meta.get("authorization", ""))
+        if header.lower().startswith("bearer "):
+            credential = header[7:].strip()
+        elif meta.get("x-api-key"):
+            credential = str(meta["x-api-key"]).strip()
+        if not credential:
+            raise errors.Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <api key or token>'"
+            )
+        assert self.auth is not None
+        who = await self.auth.verify(credential)
+        if who is None:
+            raise errors.Unauthenticated("invalid, expired or revoked credentials")
+        need = self.roles.get(method, "user")
+        if not who.allows(need):
+            raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {need} role")
+        current_principal.set(who)
+
+    async def _fail(self, exc: BaseException, method: str, context: Any) -> grpc.StatusCode:
+        if isinstance(exc, errors.ServiceError):
+            status = _status(exc)
+        elif _unavailable(exc):
+            log.warning("dependency unavailable in %s: %r", method, exc)
+            status = _status(errors.Unavailable("a backing service is unavailable; retry later"))
+        else:
+            log.exception("unexpected error in %s", method)
+            status = _status(errors.ServiceError(f"internal error (request id {request_id.get()})"))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        return status.code  # not reached: abort raises
+
+    def _done(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        short = method.rsplit("/", 1)[-1]
+        elapsed = time.perf_counter() - started
+        REQUESTS.labels(self.service, short, code.name).inc()
+        LATENCY.labels(self.service, short).observe(elapsed)
+        if code is not grpc.StatusCode.OK:
+            ERRORS.labels(self.service, short, code.name).inc()
+        if method not in ALWAYS_PUBLIC:
+            log.info(
+                "rpc",
+                extra={
+                    "fields": {"method": method, "code": code.name, "ms": round(elapsed * 1e3, 2)}
+                },
+            )
+
+    def _unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, meta: dict[str, Any]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await self._enter(method, meta, context)
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = _code(context, grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as exc:
+                code = (
+                    _status(exc).code
+                    if isinstance(exc, errors.ServiceError)
+                    else (
+                        grpc.StatusCode.UNAVAILABLE
+                        if _unavailable(exc)
+                        else grpc.StatusCode.INTERNAL
+                    )
+                )
+                await self._fail(exc, method, context)
+            finally:
+                self._done(method, code, started)
+
+        return call
+
+    def _stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, meta: dict[str, Any]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await self._enter(method, meta, context)
+                async for item in behavior(request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = _code(context, grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as exc:
+                code = (
+                    _status(exc).code
+                    if isinstance(exc, errors.ServiceError)
+                    else (
+                        grpc.StatusCode.UNAVAILABLE
+                        if _unavailable(exc)
+                        else grpc.StatusCode.INTERNAL
+                    )
+                )
+                await self._fail(exc, method, context)
+            finally:
+                self._done(method, code, started)
+
+        return call
+
+
+def _code(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
+    try:
+        code = context.code()
+    except Exception:
+        return default
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for c in grpc.StatusCode:
+        if c.value[0] == code:
+            return c
+    return default
+
+
+__all__ = ["Interceptor", "code_pb2", "current_principal", "principal"]

@@ -1,0 +1,113 @@
+"""Running a service: a grpc.aio server with health, reflection, Prometheus metrics, the
+interceptor, size limits, migrations at start and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from .auth import AuthStore
+from .interceptors import Interceptor
+from .settings import Settings
+
+log = logging.getLogger("neural.server")
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    # (add_XServicer_to_server, servicer, full service name) for each service it serves
+    servicers: list[tuple[Callable[[Any, Any], None], Any, str]]
+    method_roles: dict[str, str] = field(default_factory=dict)
+    public_methods: frozenset[str] = frozenset()
+    # Each returns True when its dependency (database, Redis) answers.
+    health_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
+
+
+async def _watch_health(
+    spec: ServiceSpec, servicer: Any, names: list[str], every: float = 2.0
+) -> None:
+    status = None
+    while True:
+        ok = all(await asyncio.gather(*(check() for check in spec.health_checks)))
+        new = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        if new != status:
+            for name in ["", *names]:
+                await servicer.set(name, new)
+            if status is not None:
+                log.warning("health changed", extra={"fields": {"serving": ok}})
+            status = new
+        await asyncio.sleep(every)
+
+
+async def serve(
+    spec: ServiceSpec,
+    settings: Settings,
+    auth: AuthStore | None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight calls for `grace_seconds`."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[
+            Interceptor(
+                spec.name, auth, spec.method_roles, spec.public_methods, settings.auth_disabled
+            )
+        ],
+        options=options,
+    )
+    names = []
+    for add, servicer, name in spec.servicers:
+        add(servicer, server)
+        names.append(name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(settings.address)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.host)
+    await server.start()
+    watcher = asyncio.create_task(_watch_health(spec, health_servicer, names))
+    log.info(
+        "serving",
+        extra={
+            "fields": {"address": f"{settings.host}:{port}", "metrics_port": settings.metrics_port}
+        },
+    )
+    if ready:
+        ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "stopping: draining in-flight calls",
+        extra={"fields": {"grace_seconds": settings.grace_seconds}},
+    )
+    await health_servicer.enter_graceful_shutdown()
+    watcher.cancel()
+    await server.stop(settings.grace_seconds)
+    log.info("stopped")
+
+
+__all__ = ["ServiceSpec", "grpc", "serve"]

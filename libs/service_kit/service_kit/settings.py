@@ -1,0 +1,95 @@
+"""Settings from `NEURAL_*` environment variables, validated once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORTS = {
+    "compiler": 50051,
+    "trainer": 50052,
+    "tracker": 50053,
+    "deployer": 50054,
+    "authz": 50055,
+}
+
+
+class SettingsError(ValueError):
+    """A NEURAL_* variable holds a value the platform cannot use."""
+
+
+def _int(name: str, default: int, low: int = 0, high: int = 1 << 31) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    host: str
+    port: int
+    metrics_port: int
+    database_url: str
+    redis_url: str
+    storage_dir: Path
+    jwt_secret: str
+    log_level: str = "INFO"
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_source_bytes: int = 1_000_000
+    grace_seconds: int = 10
+    # Envoy or a test may turn authentication off; never the default.
+    auth_disabled: bool = False
+    worker_timeout_ms: int = 1000
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def load(service: str) -> Settings:
+    """The settings of `service` from the environment (NEURAL_<SERVICE>_PORT and friends)."""
+    env = os.environ
+    data_dir = Path(env.get("NEURAL_DATA_DIR", ".run")).resolve()
+    port = _int(f"NEURAL_{service.upper()}_PORT", DEFAULT_PORTS.get(service, 50050), 0, 65535)
+    database_url = env.get("NEURAL_DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir / 'neural.db'}"
+    if not database_url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        raise SettingsError(
+            "NEURAL_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://"
+        )
+    redis_url = env.get("NEURAL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("NEURAL_REDIS_URL must be a redis:// URL")
+    level = env.get("NEURAL_LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"NEURAL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level}")
+    secret = env.get("NEURAL_JWT_SECRET", "")
+    if secret and len(secret) < 32:
+        raise SettingsError("NEURAL_JWT_SECRET must be at least 32 characters")
+    return Settings(
+        service=service,
+        host=env.get("NEURAL_HOST", "127.0.0.1"),
+        port=port,
+        metrics_port=_int(
+            f"NEURAL_{service.upper()}_METRICS_PORT", port + 1000 if port else 0, 0, 65535
+        ),
+        database_url=database_url,
+        redis_url=redis_url,
+        storage_dir=Path(env.get("NEURAL_STORAGE_DIR", str(data_dir / "storage"))).resolve(),
+        jwt_secret=secret,
+        log_level=level,
+        max_message_bytes=_int("NEURAL_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 1024, 256 << 20),
+        max_source_bytes=_int("NEURAL_MAX_SOURCE_BYTES", 1_000_000, 100, 16 << 20),
+        grace_seconds=_int("NEURAL_GRACE_SECONDS", 10, 0, 600),
+        auth_disabled=env.get("NEURAL_AUTH_DISABLED", "") == "1",
+        worker_timeout_ms=_int("NEURAL_WORKER_TIMEOUT_MS", 1000, 10, 600_000),
+    )

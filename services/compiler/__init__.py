@@ -1,0 +1,1 @@
+"""The compiler service: DSL source -> validated IR -> code or ONNX, with a model registry."""

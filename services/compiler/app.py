@@ -1,0 +1,76 @@
+"""Wiring: settings, database, migrations, broker and the servicer, for the server and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from neural.v1 import compiler_pb2_grpc
+from neural_dsl import Limits
+from service_kit import db
+from service_kit.auth import AuthStore
+from service_kit.broker import setup_broker
+from service_kit.jobs import JobStore
+from service_kit.server import ServiceSpec
+from service_kit.settings import Settings
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import tables
+from .registry import Registry
+from .service import METHOD_ROLES, SERVICE, CompilerService
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_compiler"
+
+
+@dataclass
+class App:
+    engine: AsyncEngine
+    auth: AuthStore
+    jobs: JobStore
+    registry: Registry
+    spec: ServiceSpec
+
+
+async def redis_ping(url: str) -> bool:
+    client = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(await client.ping())
+    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+        return False
+    finally:
+        await client.aclose()
+
+
+async def migrate(engine: AsyncEngine, auth: AuthStore) -> None:
+    await auth.migrate()
+    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+
+
+async def build(settings: Settings) -> App:
+    engine = db.make_engine(settings.database_url)
+    auth = AuthStore(engine, settings.jwt_secret)
+    await migrate(engine, auth)
+    setup_broker(settings)
+    from .worker import compile_model  # the actor, declared on the broker just set up
+
+    jobs = JobStore(engine, tables.jobs, settings.redis_url)
+    registry = Registry(engine, settings.storage_dir)
+    service = CompilerService(
+        registry, jobs, Limits(max_source_bytes=settings.max_source_bytes), compile_model
+    )
+
+    async def database_up() -> bool:
+        return await db.ping(engine)
+
+    async def redis_up() -> bool:
+        return await redis_ping(settings.redis_url)
+
+    spec = ServiceSpec(
+        "compiler",
+        [(compiler_pb2_grpc.add_CompilerServiceServicer_to_server, service, SERVICE)],
+        METHOD_ROLES,
+        health_checks=[database_up, redis_up],
+    )
+    return App(engine, auth, jobs, registry, spec)

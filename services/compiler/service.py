@@ -1,0 +1,237 @@
+"""CompilerService: Compile, Validate, async compile jobs and the model registry."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import dramatiq
+import grpc
+from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
+from neural_dsl import DSLError, Limits, check
+from service_kit import errors
+from service_kit.interceptors import principal
+from service_kit.jobs import JobStore
+
+from . import convert
+from .registry import BACKENDS, CompileInput, Registry, compile_artifact, invalid
+
+SERVICE = "neural.v1.CompilerService"
+CHUNK = 64 * 1024
+
+# Reading is for viewers; changing the registry needs a user (the default).
+METHOD_ROLES = {
+    f"/{SERVICE}/{m}": "viewer"
+    for m in (
+        "Validate",
+        "GetCompileJob",
+        "ListCompileJobs",
+        "WatchCompileJob",
+        "ListModels",
+        "GetModel",
+        "DownloadModel",
+    )
+}
+
+
+def _owner_filter() -> str | None:
+    """Admins see every owner's models and jobs; others only their own."""
+    who = principal()
+    return None if who.role == "admin" else who.subject
+
+
+class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
+    def __init__(
+        self, registry: Registry, jobs: JobStore, limits: Limits, enqueue: dramatiq.Actor | None
+    ) -> None:
+        self.registry = registry
+        self.jobs = jobs
+        self.limits = limits
+        self.enqueue = enqueue
+
+    # ---------------------------------------------------------- requests
+    def _input(self, request: compiler_pb2.CompileRequest) -> CompileInput:
+        violations = []
+        if not request.source.strip():
+            violations.append(errors.FieldViolation("source", "must not be empty"))
+        if len(request.source.encode()) > self.limits.max_source_bytes:
+            violations.append(
+                errors.FieldViolation("source", f"over {self.limits.max_source_bytes} bytes")
+            )
+        backend = convert.BACKEND_NAMES.get(request.backend)
+        if backend is None:
+            violations.append(
+                errors.FieldViolation("backend", f"one of {', '.join(b.upper() for b in BACKENDS)}")
+            )
+        if len(request.name) > 200 or len(request.network) > 200:
+            violations.append(errors.FieldViolation("name", "at most 200 characters"))
+        if violations:
+            raise errors.InvalidArgument("invalid compile request", violations)
+        return CompileInput(
+            principal().subject,
+            request.source,
+            backend or "",
+            convert.hparams(request.hparams),
+            request.network,
+            request.name,
+        )
+
+    # ---------------------------------------------------------- RPCs
+    async def Compile(self, request: Any, context: Any) -> compiler_pb2.CompileResponse:
+        req = self._input(request)
+        cached = await self.registry.find(req.cache_key())
+        if cached is not None:
+            return compiler_pb2.CompileResponse(model=convert.model(cached), cached=True)
+        try:
+            # CPU-bound (an ONNX export takes seconds): keep the event loop serving.
+            art = await asyncio.to_thread(compile_artifact, req, self.limits)
+        except DSLError as exc:
+            raise invalid(exc) from None
+        row, cached = await self.registry.store(req, art)
+        return compiler_pb2.CompileResponse(
+            model=convert.model(row),
+            cached=cached,
+            diagnostics=[
+                common_pb2.Diagnostic(severity="warning", message=w, stage="backend")
+                for w in art.warnings
+            ],
+        )
+
+    async def Validate(self, request: Any, context: Any) -> compiler_pb2.ValidateResponse:
+        if len(request.source.encode()) > self.limits.max_source_bytes:
+            raise errors.InvalidArgument(
+                "source too large",
+                [errors.FieldViolation("source", f"over {self.limits.max_source_bytes} bytes")],
+            )
+        try:
+            result = await asyncio.to_thread(check, request.source, self.limits)
+        except DSLError as exc:
+            return compiler_pb2.ValidateResponse(
+                valid=False,
+                diagnostics=[
+                    common_pb2.Diagnostic(
+                        severity=d.severity.value,
+                        message=d.message,
+                        line=d.line,
+                        column=d.column,
+                        stage=d.stage,
+                    )
+                    for d in exc.diagnostics
+                ],
+            )
+        return compiler_pb2.ValidateResponse(
+            valid=True,
+            diagnostics=[
+                common_pb2.Diagnostic(
+                    severity="warning",
+                    message=d.message,
+                    line=d.line,
+                    column=d.column,
+                    stage=d.stage,
+                )
+                for d in result.warnings
+            ],
+            shapes_json={name: json.dumps(r.to_json()) for name, r in result.shapes.items()},
+        )
+
+    async def SubmitCompile(self, request: Any, context: Any) -> common_pb2.Job:
+        req = self._input(request)
+        if request.webhooks:
+            raise errors.ServiceError(
+                "webhooks on compile jobs are not available yet", grpc.StatusCode.UNIMPLEMENTED
+            )
+        rec = await self.jobs.create(
+            "compile",
+            req.owner,
+            {
+                "source": req.source,
+                "backend": req.backend,
+                "hparams": req.hparams,
+                "network": req.network,
+                "name": req.name,
+            },
+        )
+        assert self.enqueue is not None
+        try:
+            await asyncio.to_thread(self.enqueue.send, rec.id)
+        except Exception as exc:
+            await self.jobs.update(
+                rec.id,
+                "failed",
+                "could not be queued",
+                state="failed",
+                error="the job queue is unavailable",
+            )
+            raise errors.Unavailable("the job queue (Redis) is unavailable") from exc
+        return convert.job(rec)
+
+    async def GetCompileJob(self, request: Any, context: Any) -> common_pb2.Job:
+        return convert.job(await self.jobs.get(request.id, _owner_filter()))
+
+    async def ListCompileJobs(self, request: Any, context: Any) -> common_pb2.ListJobsResponse:
+        state = convert.JOB_STATE_NAMES.get(request.state) if request.state else None
+        records, token = await self.jobs.list(
+            _owner_filter(), request.page_size, request.page_token, state
+        )
+        return common_pb2.ListJobsResponse(
+            jobs=[convert.job(r) for r in records], next_page_token=token
+        )
+
+    async def CancelCompileJob(self, request: Any, context: Any) -> common_pb2.Job:
+        return convert.job(await self.jobs.cancel(request.id, _owner_filter()))
+
+    async def WatchCompileJob(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for event, message, rec in self.jobs.watch(request.id, _owner_filter()):
+            yield common_pb2.JobEvent(
+                job_id=rec.id,
+                state=convert.JOB_STATES[rec.state],
+                type=event,
+                message=message,
+                progress=rec.progress,
+                time=convert.timestamp(rec.ended_at or rec.started_at or rec.created_at),
+                job=convert.job(rec),
+            )
+
+    async def ListModels(self, request: Any, context: Any) -> compiler_pb2.ListModelsResponse:
+        backend = convert.BACKEND_NAMES.get(request.backend, "") if request.backend else ""
+        rows, token = await self.registry.list(
+            _owner_filter(), request.page_size, request.page_token, request.name, backend
+        )
+        return compiler_pb2.ListModelsResponse(
+            models=[convert.model(r) for r in rows], next_page_token=token
+        )
+
+    async def GetModel(self, request: Any, context: Any) -> compiler_pb2.Model:
+        return convert.model(await self.registry.get(request.id, _owner_filter()))
+
+    async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        row = await self.registry.get(request.id, _owner_filter())
+        path = self.registry.path(row.id, row.artifact_name)
+        if not path.is_file():
+            raise errors.Unavailable("the model's artifact is missing from storage")
+        digest = hashlib.sha256()
+        offset = 0
+        with path.open("rb") as f:
+            while True:
+                data = await asyncio.to_thread(f.read, CHUNK)
+                if not data:
+                    break
+                digest.update(data)
+                first = offset == 0
+                yield common_pb2.Chunk(
+                    data=data,
+                    offset=offset,
+                    name=row.artifact_name if first else "",
+                    total_size=row.artifact_size if first else 0,
+                )
+                offset += len(data)
+        yield common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
+
+    async def DeleteModel(self, request: Any, context: Any) -> Any:
+        from google.protobuf import empty_pb2
+
+        await self.registry.delete(request.id, _owner_filter())
+        return empty_pb2.Empty()
