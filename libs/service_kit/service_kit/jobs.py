@@ -44,6 +44,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+_TERMINAL_EVENT = {SUCCEEDED: "completed", FAILED: "failed", CANCELLED: "cancelled"}
 
 
 def job_table(metadata: MetaData, prefix: str) -> Table:
@@ -265,6 +266,11 @@ class JobStore:
                 else:
                     await asyncio.sleep(poll_seconds)
                 rec = await self.get(job_id)
+                if rec.state in TERMINAL:
+                    # the row is the truth: a notification may describe an earlier state
+                    event = _TERMINAL_EVENT[rec.state]
+                elif rec.state == RUNNING and last[0] == QUEUED:
+                    event = "started"
                 if (rec.state, rec.progress) != last or event != "progress":
                     last = (rec.state, rec.progress)
                     yield event, message, rec

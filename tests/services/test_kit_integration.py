@@ -1,0 +1,141 @@
+"""The service kit and the compiler's stores against real PostgreSQL, SQLite and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from neural_dsl import Limits
+from service_kit import db
+from service_kit.auth import AuthStore, Principal
+from service_kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from service_kit.jobs import JobStore
+from sqlalchemy import inspect
+
+from services.compiler import app as compiler_app
+from services.compiler import tables
+from services.compiler.registry import CompileInput, Registry, compile_artifact
+from tests.services.conftest import REDIS_URL
+
+SOURCE = """
+network Small {
+  input: (8, 8, 1)
+  layers:
+    Conv2D(4, (3,3), "relu")
+    Flatten()
+    Output(3, "softmax")
+  loss: sparse_categorical_crossentropy
+}
+"""
+
+
+async def migrated(url: str) -> tuple[object, AuthStore]:
+    engine = db.make_engine(url)
+    auth = AuthStore(engine, "x" * 32)
+    await compiler_app.migrate(engine, auth)
+    return engine, auth
+
+
+async def test_migrations_run_from_empty_and_again(db_url: str) -> None:
+    engine, auth = await migrated(db_url)
+    await compiler_app.migrate(engine, auth)  # a second start changes nothing
+    async with engine.connect() as conn:
+        names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    assert {
+        "auth_api_keys",
+        "compiler_models",
+        "compiler_jobs",
+        "alembic_version_auth",
+        "alembic_version_compiler",
+    } <= names
+    await engine.dispose()
+
+
+async def test_api_keys_are_hashed_verified_revoked_and_expire(db_url: str) -> None:
+    engine, auth = await migrated(db_url)
+    key_id, key = await auth.create_key("ci", "user", "alice")
+    assert key.startswith("nk_") and len(key) > 40
+    async with engine.connect() as conn:
+        stored = (await conn.exec_driver_sql("SELECT key_hash FROM auth_api_keys")).scalar()
+    assert key not in stored  # only the digest is kept
+    who = await auth.verify(key)
+    assert who == Principal("alice", "user", key_id)
+    assert await auth.verify(key + "x") is None
+    assert await auth.revoke(key_id)
+    assert await auth.verify(key) is None
+    _, old = await auth.create_key("old", "viewer", "bob", ttl=dt.timedelta(seconds=-1))
+    assert await auth.verify(old) is None
+    token = auth.issue_jwt(Principal("carol", "admin", "k"), seconds=60)
+    assert await auth.verify(token) == Principal("carol", "admin", "k")
+    assert await auth.verify(token[:-2] + "xx") is None
+    await engine.dispose()
+
+
+async def test_job_store_pages_cancels_and_publishes(db_url: str) -> None:
+    engine, _ = await migrated(db_url)
+    jobs = JobStore(engine, tables.jobs, REDIS_URL)
+    created = [await jobs.create("compile", "alice", {"n": i}) for i in range(5)]
+    await jobs.create("compile", "bob", {"n": 99})
+    seen, token = [], ""
+    while True:
+        page, token = await jobs.list("alice", 2, token)
+        seen += [r.id for r in page]
+        if not token:
+            break
+    assert sorted(seen) == sorted(r.id for r in created) and len(seen) == 5
+    with pytest.raises(NotFound):
+        await jobs.get(created[0].id, "bob")
+    with pytest.raises(InvalidArgument):
+        await jobs.list("alice", 2, "not-a-token")
+    cancelled = await jobs.cancel(created[0].id, "alice")
+    assert cancelled.state == "cancelled"
+    with pytest.raises(FailedPrecondition):
+        await jobs.cancel(created[0].id, "alice")
+
+    events: list[tuple[str, str]] = []
+
+    async def watch() -> None:
+        async for event, _, rec in jobs.watch(created[1].id, "alice", poll_seconds=0.2):
+            events.append((event, rec.state))
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)
+    await jobs.update(created[1].id, "started", state="running")
+    await jobs.update(created[1].id, "completed", state="succeeded", progress=1.0)
+    await asyncio.wait_for(task, 10)
+    assert events[0] == ("queued", "queued")
+    assert events[-1] == ("completed", "succeeded")
+    await jobs.redis.aclose()
+    await engine.dispose()
+
+
+async def test_registry_caches_lists_and_deletes(db_url: str, tmp_path: Path) -> None:
+    engine, _ = await migrated(db_url)
+    registry = Registry(engine, tmp_path)
+    req = CompileInput("alice", SOURCE, "pytorch", {}, "", "small")
+    art = compile_artifact(req, Limits())
+    row, cached = await registry.store(req, art)
+    assert not cached and row.total_params == 40 + 144 * 3 + 3  # conv 3*3*1*4+4; 6*6*4 -> 3
+    again, cached = await registry.store(req, art)
+    assert cached and again.id == row.id
+    other = CompileInput("alice", SOURCE, "onnx", {}, "", "small-onnx")
+    onnx_row, _ = await registry.store(other, compile_artifact(other, Limits()))
+    assert registry.path(onnx_row.id, "model.onnx").read_bytes()[:4] != b""
+    page, token = await registry.list("alice", 1, "", "", "")
+    assert len(page) == 1 and token
+    page2, _ = await registry.list("alice", 1, token, "", "")
+    assert {page[0].id, page2[0].id} == {row.id, onnx_row.id}
+    only_onnx, _ = await registry.list("alice", 10, "", "", "onnx")
+    assert [r.id for r in only_onnx] == [onnx_row.id]
+    by_name, _ = await registry.list("alice", 10, "", "small-o", "")
+    assert [r.id for r in by_name] == [onnx_row.id]
+    assert (await registry.list("bob", 10, "", "", ""))[0] == []
+    with pytest.raises(NotFound):
+        await registry.get(row.id, "bob")
+    await registry.delete(row.id, "alice")
+    assert not registry.path(row.id, "model.py").exists()
+    with pytest.raises(NotFound):
+        await registry.get(row.id, None)
+    await engine.dispose()
