@@ -1,0 +1,118 @@
+"""Start the compiler server and its Dramatiq worker as real processes, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import ROOT
+from tests.services.conftest import free_port
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    port: int
+    metrics_port: int
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: Path = Path()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, name: str, args: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def start_server(self) -> None:
+        self.start("server", [sys.executable, "-m", "services.compiler"])
+
+    def start_worker(self) -> None:
+        self.start(
+            "worker",
+            [
+                str(VENV_BIN / "dramatiq"),
+                "services.compiler.worker",
+                "--processes",
+                "1",
+                "--threads",
+                "2",
+            ],
+        )
+
+    def create_key(self, name: str, role: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "service_kit.keys", "create", "--name", name, "--role", role],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return next(line.split()[-1] for line in out.splitlines() if line.startswith("key:"))
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                if self.procs["server"].poll() is not None:
+                    raise RuntimeError("server exited:\n" + self.log("server"))
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise TimeoutError("server not serving:\n" + self.log("server"))
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self, name: str, timeout: float = 30) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def make_stack(tmp: Path, database_url: str, redis_db: int) -> Stack:
+    port, metrics = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NEURAL_DATABASE_URL": database_url,
+        "NEURAL_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "NEURAL_DATA_DIR": str(tmp),
+        "NEURAL_STORAGE_DIR": str(tmp / "storage"),
+        "NEURAL_COMPILER_PORT": str(port),
+        "NEURAL_COMPILER_METRICS_PORT": str(metrics),
+        "NEURAL_JWT_SECRET": "e2e-secret-" + "x" * 32,
+        "NEURAL_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
+        "NEURAL_GRACE_SECONDS": "5",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    stack = Stack(env, port, metrics, logs=tmp)
+    return stack

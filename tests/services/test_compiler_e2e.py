@@ -1,0 +1,361 @@
+"""The compiler service end to end: real server and worker processes, real PostgreSQL and
+Redis, every RPC over gRPC, grpcurl through reflection alone, health, metrics, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
+from service_kit.auth import AuthStore, Principal
+
+from tests.services.conftest import create_pg_database, drop_pg_database
+from tests.services.stack import VENV_BIN, Stack, make_stack
+
+REDIS_DB = 8
+MNIST = """
+network MNIST {
+  input: (28, 28, 1)
+  layers:
+    Conv2D(8, (3,3), "relu")
+    MaxPooling2D((2,2))
+    Flatten()
+    Dense(HPO(choice(32, 64)), "relu")
+    Output(10, "softmax")
+  loss: sparse_categorical_crossentropy
+  optimizer: Adam(learning_rate=0.001)
+}
+"""
+HP = {"layers.dense_1.units": 32}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("compiler")
+    name, url = asyncio.run(create_pg_database())
+    redis.Redis(db=REDIS_DB).flushdb()
+    s = make_stack(tmp, url, REDIS_DB)
+    s.keys = {role: s.create_key(f"{role}-key", role) for role in ("admin", "user", "viewer")}  # type: ignore[attr-defined]
+    s.keys["other"] = s.create_key("other-user", "user")  # type: ignore[attr-defined]
+    s.start_server()
+    s.start_worker()
+    try:
+        s.wait_serving()
+        yield s
+    finally:
+        s.stop_all()
+        asyncio.run(drop_pg_database(name))
+
+
+def stub(stack: Stack) -> compiler_pb2_grpc.CompilerServiceStub:
+    return compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(stack.address))
+
+
+def auth(stack: Stack, role: str = "user") -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {stack.keys[role]}"),)  # type: ignore[attr-defined]
+
+
+def hparams(values: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+def error(call, *args, **kwargs) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def test_compile_every_backend_then_hit_the_cache(stack: Stack) -> None:
+    s = stub(stack)
+    ids = {}
+    for backend in (
+        compiler_pb2.BACKEND_PYTORCH,
+        compiler_pb2.BACKEND_TENSORFLOW,
+        compiler_pb2.BACKEND_ONNX,
+    ):
+        r = s.Compile(
+            compiler_pb2.CompileRequest(source=MNIST, backend=backend, hparams=hparams(HP)),
+            metadata=auth(stack),
+            timeout=120,
+        )
+        assert not r.cached and r.model.total_params == 80 + 1352 * 32 + 32 + 330
+        assert r.model.owner == "user-key" and r.model.network == "MNIST"
+        ids[backend] = r.model.id
+    again = s.Compile(
+        compiler_pb2.CompileRequest(
+            source=MNIST, backend=compiler_pb2.BACKEND_ONNX, hparams=hparams(HP)
+        ),
+        metadata=auth(stack),
+    )
+    assert again.cached and again.model.id == ids[compiler_pb2.BACKEND_ONNX]
+    # download streams the artifact in chunks; the last carries the sha256
+    chunks = list(
+        s.DownloadModel(compiler_pb2.DownloadModelRequest(id=again.model.id), metadata=auth(stack))
+    )
+    data = b"".join(c.data for c in chunks)
+    assert chunks[0].name == "model.onnx" and chunks[0].total_size == len(data)
+    assert chunks[-1].sha256 == hashlib.sha256(data).hexdigest() == again.model.artifact_sha256
+    import onnx
+
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+
+
+def test_validate_reports_every_diagnostic_with_position(stack: Stack) -> None:
+    s = stub(stack)
+    ok = s.Validate(compiler_pb2.ValidateRequest(source=MNIST), metadata=auth(stack, "viewer"))
+    assert ok.valid and json.loads(ok.shapes_json["MNIST"])["output_shape"] == [None, 10]
+    bad = s.Validate(
+        compiler_pb2.ValidateRequest(
+            source="network N {\n input: (4)\n layers:\n  Dense(-1)\n  Dropout(2)\n}"
+        ),
+        metadata=auth(stack, "viewer"),
+    )
+    assert not bad.valid
+    assert [(d.line, d.column) for d in bad.diagnostics] == [(4, 9), (5, 11)]
+
+
+def test_async_compile_job_runs_on_the_worker(stack: Stack) -> None:
+    s = stub(stack)
+    job = s.SubmitCompile(
+        compiler_pb2.CompileRequest(
+            source=MNIST,
+            backend=compiler_pb2.BACKEND_PYTORCH,
+            hparams=hparams({"layers.dense_1.units": 64}),
+            name="async-mnist",
+        ),
+        metadata=auth(stack),
+    )
+    assert job.state == common_pb2.JOB_STATE_QUEUED
+    events = list(
+        s.WatchCompileJob(common_pb2.WatchJobRequest(id=job.id), metadata=auth(stack), timeout=120)
+    )
+    assert events[-1].type == "completed"
+    assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED
+    done = s.GetCompileJob(common_pb2.GetJobRequest(id=job.id), metadata=auth(stack))
+    model_id = done.result.removeprefix("models/")
+    model = s.GetModel(compiler_pb2.GetModelRequest(id=model_id), metadata=auth(stack))
+    assert model.name == "async-mnist" and model.artifact_name == "model.py"
+    listed = s.ListCompileJobs(
+        common_pb2.ListJobsRequest(state=common_pb2.JOB_STATE_SUCCEEDED), metadata=auth(stack)
+    )
+    assert job.id in [j.id for j in listed.jobs]
+    err = error(s.CancelCompileJob, common_pb2.CancelJobRequest(id=job.id), metadata=auth(stack))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # a program that fails fails its job once, with the reason
+    bad = s.SubmitCompile(
+        compiler_pb2.CompileRequest(source=MNIST, backend=compiler_pb2.BACKEND_ONNX),
+        metadata=auth(stack),
+    )
+    last = list(
+        s.WatchCompileJob(common_pb2.WatchJobRequest(id=bad.id), metadata=auth(stack), timeout=120)
+    )[-1]
+    assert last.state == common_pb2.JOB_STATE_FAILED
+    assert "no value for hyperparameter 'layers.dense_1.units'" in last.job.error
+    assert last.job.attempts == 1
+
+
+def test_registry_lists_pages_and_deletes(stack: Stack) -> None:
+    s = stub(stack)
+    for units in (32, 64):
+        s.Compile(
+            compiler_pb2.CompileRequest(
+                source=MNIST,
+                backend=compiler_pb2.BACKEND_PYTORCH,
+                hparams=hparams({"layers.dense_1.units": units}),
+                name=f"page-{units}",
+            ),
+            metadata=auth(stack, "other"),
+        )
+    first = s.ListModels(compiler_pb2.ListModelsRequest(page_size=1), metadata=auth(stack, "other"))
+    second = s.ListModels(
+        compiler_pb2.ListModelsRequest(page_size=1, page_token=first.next_page_token),
+        metadata=auth(stack, "other"),
+    )
+    assert {first.models[0].name, second.models[0].name} == {"page-32", "page-64"}
+    assert not second.next_page_token
+    # another user sees none of them; an admin sees all
+    mine = s.ListModels(compiler_pb2.ListModelsRequest(name="page-"), metadata=auth(stack))
+    assert mine.models == []
+    every = s.ListModels(
+        compiler_pb2.ListModelsRequest(name="page-"), metadata=auth(stack, "admin")
+    )
+    assert len(every.models) == 2
+    target = first.models[0].id
+    err = error(s.GetModel, compiler_pb2.GetModelRequest(id=target), metadata=auth(stack))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    s.DeleteModel(compiler_pb2.DeleteModelRequest(id=target), metadata=auth(stack, "other"))
+    err = error(s.GetModel, compiler_pb2.GetModelRequest(id=target), metadata=auth(stack, "other"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "role", "code"),
+    [
+        ("Compile", compiler_pb2.CompileRequest(source="", backend=1), "user", "INVALID_ARGUMENT"),
+        ("Compile", compiler_pb2.CompileRequest(source=MNIST), "user", "INVALID_ARGUMENT"),
+        (
+            "Compile",
+            compiler_pb2.CompileRequest(source=MNIST, backend=1),
+            "viewer",
+            "PERMISSION_DENIED",
+        ),
+        ("Compile", compiler_pb2.CompileRequest(source=MNIST, backend=1), None, "UNAUTHENTICATED"),
+        (
+            "Compile",
+            compiler_pb2.CompileRequest(source=MNIST, backend=1),
+            "bogus",
+            "UNAUTHENTICATED",
+        ),
+        ("GetModel", compiler_pb2.GetModelRequest(id="nope"), "user", "NOT_FOUND"),
+        ("DeleteModel", compiler_pb2.DeleteModelRequest(id="nope"), "user", "NOT_FOUND"),
+        ("GetCompileJob", common_pb2.GetJobRequest(id="nope"), "viewer", "NOT_FOUND"),
+        ("CancelCompileJob", common_pb2.CancelJobRequest(id="nope"), "user", "NOT_FOUND"),
+        (
+            "ListModels",
+            compiler_pb2.ListModelsRequest(page_token="garbage!"),
+            "user",
+            "INVALID_ARGUMENT",
+        ),
+        ("ListCompileJobs", common_pb2.ListJobsRequest(page_size=-1), "user", "INVALID_ARGUMENT"),
+        (
+            "Validate",
+            compiler_pb2.ValidateRequest(source="x" * 2_000_000),
+            "viewer",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "Validate",
+            compiler_pb2.ValidateRequest(source="y" * 5_000_000),
+            "viewer",
+            "RESOURCE_EXHAUSTED",
+        ),
+    ],
+)
+def test_bad_input_gets_the_documented_status(
+    stack: Stack, method: str, request_: object, role: str | None, code: str
+) -> None:
+    s = stub(stack)
+    md = (
+        ()
+        if role is None
+        else ((("authorization", "Bearer nk_wrong"),) if role == "bogus" else auth(stack, role))
+    )
+    err = error(getattr(s, method), request_, metadata=md, timeout=30)
+    assert err.code().name == code, err.details()
+
+
+def test_malformed_dsl_is_invalid_argument_with_positions(stack: Stack) -> None:
+    s = stub(stack)
+    err = error(
+        s.Compile,
+        compiler_pb2.CompileRequest(
+            source='network N {\n  input: (4)\n  layers: Dense(4) @ "npu"\n}',
+            backend=compiler_pb2.BACKEND_PYTORCH,
+        ),
+        metadata=auth(stack),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err)
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert bad.field_violations[0].field == "source:3:22"
+    assert "invalid device 'npu'" in bad.field_violations[0].description
+
+
+def test_jwt_bearer_tokens_work(stack: Stack) -> None:
+    store = AuthStore(None, stack.env["NEURAL_JWT_SECRET"])  # type: ignore[arg-type]
+    token = store.issue_jwt(Principal("jwt-user", "viewer"), seconds=60)
+    s = stub(stack)
+    r = s.Validate(
+        compiler_pb2.ValidateRequest(source=MNIST), metadata=(("authorization", f"Bearer {token}"),)
+    )
+    assert r.valid
+    forged = AuthStore(None, "another-secret-" + "y" * 32).issue_jwt(  # type: ignore[arg-type]
+        Principal("jwt-user", "admin"), seconds=60
+    )
+    err = error(
+        s.Validate,
+        compiler_pb2.ValidateRequest(source=MNIST),
+        metadata=(("authorization", f"Bearer {forged}"),),
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_still_serving_and_metrics_scraped(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "neural.v1.CompilerService"):
+            r = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
+    assert 'neural_grpc_requests_total{code="OK",method="Compile",service="compiler"}' in text
+    assert 'neural_grpc_errors_total{code="NOT_FOUND",method="GetModel",service="compiler"}' in text
+    assert "neural_grpc_request_seconds_bucket" in text
+
+
+def grpcurl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "grpcurl"), "-plaintext", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_grpcurl_lists_describes_and_calls_through_reflection(stack: Stack) -> None:
+    listed = grpcurl(stack, stack.address, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "neural.v1.CompilerService" in listed.stdout.split()
+    assert "grpc.health.v1.Health" in listed.stdout.split()
+    described = grpcurl(stack, stack.address, "describe", "neural.v1.CompilerService")
+    assert "rpc Compile ( .neural.v1.CompileRequest ) returns ( .neural.v1.CompileResponse )" in (
+        described.stdout
+    )
+    called = grpcurl(
+        stack,
+        "-H",
+        f"authorization: Bearer {stack.keys['viewer']}",  # type: ignore[attr-defined]
+        "-d",
+        json.dumps({"source": MNIST}),
+        stack.address,
+        "neural.v1.CompilerService/Validate",
+    )
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout)["valid"] is True
+    denied = grpcurl(stack, "-d", "{}", stack.address, "neural.v1.CompilerService/ListModels")
+    assert "Unauthenticated" in denied.stderr
+
+
+def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, stack: Stack) -> None:
+    # Runs last in this module: stops the server gracefully and checks its exit status.
+    s = stub(stack)
+    future = s.Compile.future(
+        compiler_pb2.CompileRequest(
+            source=MNIST,
+            backend=compiler_pb2.BACKEND_ONNX,
+            hparams=hparams({"layers.dense_1.units": 64}),
+            name="in-flight",
+        ),
+        metadata=auth(stack, "admin"),
+        timeout=120,
+    )
+    import time
+
+    time.sleep(0.5)
+    assert stack.stop("server") == 0
+    assert future.result().model.name == "in-flight"  # the in-flight call was drained
