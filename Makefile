@@ -12,6 +12,7 @@ setup: $(STAMP) $(STUBS)
 
 # Re-runs only when the dependency lists change, so `make setup` is cheap and idempotent.
 $(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt \
@@ -28,8 +29,8 @@ $(STUBS): $(PROTOS) $(STAMP)
 	touch $(STUBS)
 
 lint: setup
-	$(VENV)/bin/ruff check libs services tests bench
-	$(VENV)/bin/ruff format --check libs services tests bench
+	$(VENV)/bin/ruff check libs services scripts tests bench
+	$(VENV)/bin/ruff format --check libs services scripts tests bench
 
 test: lint
 	$(PY) -m pytest
@@ -43,6 +44,10 @@ bench: setup
 bench-deps:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet neural-dsl==0.2.9 plotly
+
+# The whole local stack (Ctrl-C stops it); see scripts/run_stack.py for the settings it reads.
+run: setup
+	$(PY) scripts/run_stack.py
 
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache .hypothesis
