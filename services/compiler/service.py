@@ -79,12 +79,20 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
             request.name,
         )
 
+    def _code(self, row: Any) -> str:
+        if row.artifact_name != "model.py":
+            return ""
+        path = self.registry.path(row.id, row.artifact_name)
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
     # ---------------------------------------------------------- RPCs
     async def Compile(self, request: Any, context: Any) -> compiler_pb2.CompileResponse:
         req = self._input(request)
         cached = await self.registry.find(req.cache_key())
         if cached is not None:
-            return compiler_pb2.CompileResponse(model=convert.model(cached), cached=True)
+            return compiler_pb2.CompileResponse(
+                model=convert.model(cached), cached=True, code=self._code(cached)
+            )
         try:
             # CPU-bound (an ONNX export takes seconds): keep the event loop serving.
             art = await asyncio.to_thread(compile_artifact, req, self.limits)
@@ -94,6 +102,7 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
         return compiler_pb2.CompileResponse(
             model=convert.model(row),
             cached=cached,
+            code=self._code(row),
             diagnostics=[
                 common_pb2.Diagnostic(severity="warning", message=w, stage="backend")
                 for w in art.warnings

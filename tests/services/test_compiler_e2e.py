@@ -94,6 +94,10 @@ def test_compile_every_backend_then_hit_the_cache(stack: Stack) -> None:
         )
         assert not r.cached and r.model.total_params == 80 + 1352 * 32 + 32 + 330
         assert r.model.owner == "user-key" and r.model.network == "MNIST"
+        if backend == compiler_pb2.BACKEND_ONNX:
+            assert r.code == "" and r.model.artifact_name == "model.onnx"
+        else:
+            assert "def build_model()" in r.code
         ids[backend] = r.model.id
     again = s.Compile(
         compiler_pb2.CompileRequest(
@@ -339,6 +343,61 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(stack: Stack) -> N
     assert json.loads(called.stdout)["valid"] is True
     denied = grpcurl(stack, "-d", "{}", stack.address, "neural.v1.CompilerService/ListModels")
     assert "Unauthenticated" in denied.stderr
+
+
+ALL_METHODS = {
+    "Compile": compiler_pb2.CompileRequest,
+    "Validate": compiler_pb2.ValidateRequest,
+    "SubmitCompile": compiler_pb2.CompileRequest,
+    "GetCompileJob": common_pb2.GetJobRequest,
+    "ListCompileJobs": common_pb2.ListJobsRequest,
+    "CancelCompileJob": common_pb2.CancelJobRequest,
+    "WatchCompileJob": common_pb2.WatchJobRequest,
+    "ListModels": compiler_pb2.ListModelsRequest,
+    "GetModel": compiler_pb2.GetModelRequest,
+    "DownloadModel": compiler_pb2.DownloadModelRequest,
+    "DeleteModel": compiler_pb2.DeleteModelRequest,
+}
+# With valid credentials, an empty request is the caller's mistake or an unknown id.
+EMPTY_REQUEST = {
+    "Compile": "INVALID_ARGUMENT",
+    "SubmitCompile": "INVALID_ARGUMENT",
+    "GetCompileJob": "NOT_FOUND",
+    "CancelCompileJob": "NOT_FOUND",
+    "WatchCompileJob": "NOT_FOUND",
+    "GetModel": "NOT_FOUND",
+    "DownloadModel": "NOT_FOUND",
+    "DeleteModel": "NOT_FOUND",
+}
+
+
+def _call(stack: Stack, method: str, request: object, md: tuple) -> object:
+    result = getattr(stub(stack), method)(request, metadata=md, timeout=30)
+    return list(result) if method in ("WatchCompileJob", "DownloadModel") else result
+
+
+def test_every_rpc_rejects_missing_and_wrong_credentials(stack: Stack) -> None:
+    for method, request_type in ALL_METHODS.items():
+        for md in (
+            (),
+            (("authorization", "Bearer nk_not-a-key"),),
+            (("authorization", "Basic dXNlcjpwYXNz"),),
+        ):
+            err = error(_call, stack, method, request_type(), md)
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (method, md, err.details())
+
+
+def test_every_rpc_answers_an_empty_request_with_its_documented_status(stack: Stack) -> None:
+    for method, request_type in ALL_METHODS.items():
+        expected = EMPTY_REQUEST.get(method)
+        if expected is None:  # Validate, ListCompileJobs and ListModels accept it
+            _call(stack, method, request_type(), auth(stack, "admin"))
+            continue
+        err = error(_call, stack, method, request_type(), auth(stack, "admin"))
+        assert err.code().name == expected, (method, err.details())
+    with grpc.insecure_channel(stack.address) as ch:  # and the server keeps serving
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest()).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, stack: Stack) -> None:
