@@ -38,6 +38,7 @@ test: lint
 bench: setup
 	$(PY) bench/dsl_parse.py
 	$(PY) bench/codegen.py
+	$(PY) bench/grpc_overhead.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
 # distribution is also called neural-dsl, so it cannot share .venv with ours).
