@@ -21,6 +21,7 @@ $(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
 
 # Python stubs (importable as neural.v1) and the descriptor set Envoy's transcoder reads.
 $(STUBS): $(PROTOS) $(STAMP)
+	mkdir -p gateway
 	$(PY) -m grpc_tools.protoc -Iprotos \
 		-I$$($(PY) -c 'import site; print(site.getsitepackages()[0])') \
 		--python_out=libs/neural_api --grpc_python_out=libs/neural_api --pyi_out=libs/neural_api \

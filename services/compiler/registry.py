@@ -17,7 +17,7 @@ from neural_dsl.backends import compile_network
 from neural_dsl.ir import program_to_json
 from service_kit import db, pagination
 from service_kit.errors import FieldViolation, InvalidArgument, NotFound
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -170,27 +170,7 @@ class Registry:
             query = query.where(models.c.name.contains(name, autoescape=True))
         if backend:
             query = query.where(models.c.backend == backend)
-        key = pagination.decode(token)
-        if key is not None:
-            at = dt.datetime.fromisoformat(key[0])
-            query = query.where(
-                or_(models.c.created_at < at, and_(models.c.created_at == at, models.c.id < key[1]))
-            )
-        n = pagination.page_size(size)
-        query = query.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(n + 1)
-        async with self.sessions() as s:
-            rows = (await s.execute(query)).all()
-        page = rows[:n]
-        token_out = ""
-        if len(rows) > n:
-            last = page[-1]
-            created = (
-                last.created_at
-                if last.created_at.tzinfo
-                else last.created_at.replace(tzinfo=dt.UTC)
-            )
-            token_out = pagination.encode((created.isoformat(), last.id))
-        return page, token_out
+        return await pagination.newest_first(self.sessions, models, query, token, size)
 
     async def delete(self, model_id: str, owner: str | None) -> None:
         row = await self.get(model_id, owner)

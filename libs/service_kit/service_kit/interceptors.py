@@ -185,7 +185,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {need} role")
         current_principal.set(who)
 
-    async def _fail(self, exc: BaseException, method: str, context: Any) -> grpc.StatusCode:
+    def _to_status(self, exc: BaseException, method: str) -> grpc.Status:
         if isinstance(exc, errors.ServiceError):
             status = _status(exc)
         elif _unavailable(exc):
@@ -194,8 +194,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
         else:
             log.exception("unexpected error in %s", method)
             status = _status(errors.ServiceError(f"internal error (request id {request_id.get()})"))
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        return status.code  # not reached: abort raises
+        return status
 
     def _done(self, method: str, code: grpc.StatusCode, started: float) -> None:
         short = method.rsplit("/", 1)[-1]
@@ -225,16 +224,9 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = _code(context, grpc.StatusCode.CANCELLED)
                 raise
             except Exception as exc:
-                code = (
-                    _status(exc).code
-                    if isinstance(exc, errors.ServiceError)
-                    else (
-                        grpc.StatusCode.UNAVAILABLE
-                        if _unavailable(exc)
-                        else grpc.StatusCode.INTERNAL
-                    )
-                )
-                await self._fail(exc, method, context)
+                status = self._to_status(exc, method)
+                code = status.code
+                await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 self._done(method, code, started)
 
@@ -254,16 +246,9 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = _code(context, grpc.StatusCode.CANCELLED)
                 raise
             except Exception as exc:
-                code = (
-                    _status(exc).code
-                    if isinstance(exc, errors.ServiceError)
-                    else (
-                        grpc.StatusCode.UNAVAILABLE
-                        if _unavailable(exc)
-                        else grpc.StatusCode.INTERNAL
-                    )
-                )
-                await self._fail(exc, method, context)
+                status = self._to_status(exc, method)
+                code = status.code
+                await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 self._done(method, code, started)
 

@@ -27,7 +27,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    or_,
     select,
     update,
 )
@@ -171,22 +170,8 @@ class JobStore:
             query = query.where(t.c.owner == owner)
         if state:
             query = query.where(t.c.state == state)
-        key = pagination.decode(token)
-        if key is not None:
-            at = dt.datetime.fromisoformat(key[0])
-            query = query.where(
-                or_(t.c.created_at < at, and_(t.c.created_at == at, t.c.id < key[1]))
-            )
-        n = pagination.page_size(size)
-        query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(n + 1)
-        async with self.sessions() as s:
-            rows = (await s.execute(query)).all()
-        records = [_record(r) for r in rows[:n]]
-        next_token = ""
-        if len(rows) > n:
-            last = records[-1]
-            next_token = pagination.encode((last.created_at.isoformat(), last.id))  # type: ignore[union-attr]
-        return records, next_token
+        rows, next_token = await pagination.newest_first(self.sessions, t, query, token, size)
+        return [_record(r) for r in rows], next_token
 
     async def update(
         self, job_id: str, event: str = "progress", message: str = "", **values: Any

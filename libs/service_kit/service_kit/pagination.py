@@ -38,3 +38,36 @@ def decode(token: str) -> tuple[Any, ...] | None:
             "page_token is not one this server issued", [FieldViolation("page_token", "malformed")]
         )
     return tuple(value)
+
+
+async def newest_first(
+    sessions: Any, table: Any, query: Any, token: str, size: int
+) -> tuple[list[Any], str]:
+    """One page of `query` over `table` (which has created_at and id), newest first, and the
+    token of the next page ("" at the end). Keyset pagination: stable under inserts."""
+    import datetime as dt
+
+    from sqlalchemy import and_, or_
+
+    key = decode(token)
+    if key is not None:
+        try:
+            at = dt.datetime.fromisoformat(str(key[0]))
+        except ValueError:
+            raise InvalidArgument(
+                "page_token is not one this server issued",
+                [FieldViolation("page_token", "malformed")],
+            ) from None
+        query = query.where(
+            or_(table.c.created_at < at, and_(table.c.created_at == at, table.c.id < key[1]))
+        )
+    n = page_size(size)
+    query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(n + 1)
+    async with sessions() as s:
+        rows = (await s.execute(query)).all()
+    page = list(rows[:n])
+    if len(rows) <= n:
+        return page, ""
+    last = page[-1]
+    created = last.created_at if last.created_at.tzinfo else last.created_at.replace(tzinfo=dt.UTC)
+    return page, encode((created.isoformat(), last.id))
