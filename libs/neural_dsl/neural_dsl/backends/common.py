@@ -81,6 +81,11 @@ def used_names(v: Any, into: set[str] | None = None) -> set[str]:
 
 
 def helper_source(runtime_file: str, names: set[str]) -> str:
+    return _helper_source(runtime_file, frozenset(names))
+
+
+@cache
+def _helper_source(runtime_file: str, names: frozenset[str]) -> str:
     """The source of the top-level classes, functions and constants of a runtime file that
     `names` need (following references between them), in file order.
 
