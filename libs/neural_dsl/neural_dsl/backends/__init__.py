@@ -24,7 +24,7 @@ from ..ir import Network
 from ..limits import Limits
 from ..shapes import ShapeReport, propagate
 from . import keras_backend, torch_backend
-from .common import unsupported
+from .common import first_layer, unsupported
 
 BACKENDS = ("pytorch", "tensorflow", "onnx")
 ONNX_OPSET = 18
@@ -139,22 +139,12 @@ def example_inputs(network: Network, batch: int = 2, seed: int = 0) -> list[Any]
     out = []
     for inp in network.inputs:
         shape = (batch, *(8 if d is None else d for d in inp.sample_shape))
-        first = _first_layer(network, inp.name)
+        first = first_layer(network, inp.name)
         if first is not None and first.type == "Embedding":
             out.append(rng.integers(0, first.get("input_dim"), size=shape).astype("int64"))
         else:
             out.append(rng.standard_normal(shape).astype("float32"))
     return out
-
-
-def _first_layer(network: Network, input_name: str) -> Any:
-    for layer in network.layers:
-        if layer.type == catalog.BRANCH:
-            if layer.get("input") == input_name and layer.sublayers:
-                return layer.sublayers[0]
-        else:
-            return layer
-    return None
 
 
 def export_onnx(network: Network, report: ShapeReport, model: Any = None) -> bytes:

@@ -123,6 +123,17 @@ def _mentions(text: str, name: str) -> bool:
     return re.search(rf"\b{re.escape(name)}\b", text) is not None
 
 
+def first_layer(network: Network, input_name: str) -> Layer | None:
+    """The first layer that input `input_name` meets (in its branch, or the first layer)."""
+    for layer in network.layers:
+        if layer.type == "Branch":
+            if layer.get("input") == input_name and layer.sublayers:
+                return layer.sublayers[0]
+        else:
+            return layer
+    return None
+
+
 def unsupported(layer: Layer, backend: str, why: str = "") -> DSLError:
     detail = f": {why}" if why else ""
     return DSLError(

@@ -15,6 +15,7 @@ from ..shapes import LayerShape, ShapeReport
 from .common import (
     Ctor,
     ctor,
+    first_layer,
     helper_source,
     instantiate,
     python_name,
@@ -439,10 +440,8 @@ def _apply(layer: Any, args: list[Any], call: str) -> Any:
 
 def _takes_ids(network: Network, input_name: str) -> bool:
     """An input that goes straight into an Embedding carries integer token ids."""
-    for layer in network.layers:
-        if layer.type == "Branch" and layer.get("input") == input_name:
-            return bool(layer.sublayers) and layer.sublayers[0].type == "Embedding"
-    return bool(network.layers) and network.layers[0].type == "Embedding"
+    first = first_layer(network, input_name)
+    return first is not None and first.type == "Embedding"
 
 
 def compile_args(network: Network, ns: dict[str, Any]) -> dict[str, Any]:
