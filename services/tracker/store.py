@@ -1,0 +1,503 @@
+"""The tracker's storage: experiments, runs, params, tags, metrics and run search.
+
+Owners: every experiment belongs to the identity that created it; `owner=None` means an
+admin (sees everything). Another owner's experiment or run is NOT_FOUND, never revealed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service_kit import db, pagination
+from service_kit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import filters
+from .tables import experiments, latest_metrics, metrics, params, runs, tags
+
+MAX_BATCH = 1000
+MAX_KEY = 250
+MAX_VALUE = 6000
+STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def now_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Point:
+    key: str
+    value: float
+    step: int
+    timestamp: int = 0  # ms since the epoch; 0 means "now"
+
+
+def _key(name: str, what: str) -> None:
+    if not name or len(name) > MAX_KEY or name != name.strip():
+        raise InvalidArgument(
+            f"{what} key {name[:50]!r} must be 1-{MAX_KEY} characters without surrounding spaces",
+            [FieldViolation(what, "bad key")],
+        )
+
+
+class TrackerStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = db.sessions(engine)
+        self.dialect = engine.dialect.name
+
+    # ------------------------------------------------------------------ experiments
+    async def create_experiment(self, owner: str, name: str) -> Any:
+        if not name.strip() or len(name) > 500:
+            raise InvalidArgument(
+                "experiment name must be 1-500 characters",
+                [FieldViolation("experiment.name", "required")],
+            )
+        row = dict(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            name=name,
+            created_at=now(),
+            updated_at=now(),
+            deleted_at=None,
+        )
+        try:
+            async with db.transaction(self.sessions) as s:
+                await s.execute(insert(experiments).values(**row))
+        except IntegrityError:
+            raise AlreadyExists(f"you already have an experiment named {name!r}") from None
+        return await self.get_experiment(row["id"], owner)
+
+    async def get_experiment(
+        self, exp_id: str, owner: str | None, include_deleted: bool = True
+    ) -> Any:
+        async with self.sessions() as s:
+            row = (await s.execute(select(experiments).where(experiments.c.id == exp_id))).first()
+        if (
+            row is None
+            or (owner is not None and row.owner != owner)
+            or (not include_deleted and row.deleted_at is not None)
+        ):
+            raise NotFound(f"no experiment {exp_id!r}")
+        return row
+
+    async def list_experiments(
+        self, owner: str | None, size: int, token: str, name: str, include_deleted: bool
+    ) -> tuple[list[Any], str]:
+        query = select(experiments)
+        if owner is not None:
+            query = query.where(experiments.c.owner == owner)
+        if name:
+            query = query.where(experiments.c.name.contains(name, autoescape=True))
+        if not include_deleted:
+            query = query.where(experiments.c.deleted_at.is_(None))
+        return await pagination.newest_first(self.sessions, experiments, query, token, size)
+
+    async def rename_experiment(self, exp_id: str, owner: str | None, name: str) -> Any:
+        await self.get_experiment(exp_id, owner)
+        if not name.strip() or len(name) > 500:
+            raise InvalidArgument(
+                "experiment name must be 1-500 characters",
+                [FieldViolation("experiment.name", "required")],
+            )
+        try:
+            async with db.transaction(self.sessions) as s:
+                await s.execute(
+                    update(experiments)
+                    .where(experiments.c.id == exp_id)
+                    .values(name=name, updated_at=now())
+                )
+        except IntegrityError:
+            raise AlreadyExists(f"you already have an experiment named {name!r}") from None
+        return await self.get_experiment(exp_id, owner)
+
+    async def set_deleted(self, exp_id: str, owner: str | None, deleted: bool) -> Any:
+        await self.get_experiment(exp_id, owner)
+        async with db.transaction(self.sessions) as s:
+            await s.execute(
+                update(experiments)
+                .where(experiments.c.id == exp_id)
+                .values(deleted_at=now() if deleted else None, updated_at=now())
+            )
+        return await self.get_experiment(exp_id, owner)
+
+    async def purge_experiment(self, exp_id: str, owner: str | None) -> list[str]:
+        """Remove a soft-deleted experiment and its runs; returns the run ids (for artifacts)."""
+        row = await self.get_experiment(exp_id, owner)
+        if row.deleted_at is None:
+            from service_kit.errors import FailedPrecondition
+
+            raise FailedPrecondition("only a deleted experiment can be purged: delete it first")
+        async with db.transaction(self.sessions) as s:
+            run_ids = [
+                r.id
+                for r in (
+                    await s.execute(select(runs.c.id).where(runs.c.experiment_id == exp_id))
+                ).all()
+            ]
+            for table in (metrics, latest_metrics, params, tags):
+                await s.execute(
+                    delete(table).where(
+                        table.c.run_id.in_(select(runs.c.id).where(runs.c.experiment_id == exp_id))
+                    )
+                )
+            await s.execute(delete(runs).where(runs.c.experiment_id == exp_id))
+            await s.execute(delete(experiments).where(experiments.c.id == exp_id))
+        return run_ids
+
+    # ------------------------------------------------------------------ runs
+    async def create_run(
+        self, exp_id: str, owner: str, name: str, job_id: str = "", start: dt.datetime | None = None
+    ) -> Any:
+        exp = await self.get_experiment(exp_id, owner, include_deleted=False)
+        run_id = str(uuid.uuid4())
+        async with db.transaction(self.sessions) as s:
+            await s.execute(
+                insert(runs).values(
+                    id=run_id,
+                    experiment_id=exp.id,
+                    owner=exp.owner,
+                    name=name[:500] or run_id[:8],
+                    status="RUNNING",
+                    job_id=job_id,
+                    start_time=start or now(),
+                    end_time=None,
+                    created_at=now(),
+                )
+            )
+        return await self.get_run(run_id, owner)
+
+    async def get_run(self, run_id: str, owner: str | None) -> Any:
+        async with self.sessions() as s:
+            row = (await s.execute(select(runs).where(runs.c.id == run_id))).first()
+        if row is None or (owner is not None and row.owner != owner):
+            raise NotFound(f"no run {run_id!r}")
+        return row
+
+    async def update_run(self, run_id: str, owner: str | None, **values: Any) -> Any:
+        await self.get_run(run_id, owner)
+        if "status" in values and values["status"] not in STATUSES:
+            raise InvalidArgument(
+                "status must be RUNNING, FINISHED, FAILED or KILLED",
+                [FieldViolation("run.status", "unknown status")],
+            )
+        if values.get("status") in ("FINISHED", "FAILED", "KILLED") and "end_time" not in values:
+            values["end_time"] = now()
+        async with db.transaction(self.sessions) as s:
+            await s.execute(update(runs).where(runs.c.id == run_id).values(**values))
+        return await self.get_run(run_id, owner)
+
+    async def run_details(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """params, tags and latest metrics of each run, in three queries."""
+        out: dict[str, dict[str, Any]] = {
+            r: {"params": {}, "tags": {}, "latest": []} for r in run_ids
+        }
+        if not run_ids:
+            return out
+        async with self.sessions() as s:
+            for row in await s.execute(select(params).where(params.c.run_id.in_(run_ids))):
+                out[row.run_id]["params"][row.key] = row.value
+            for row in await s.execute(select(tags).where(tags.c.run_id.in_(run_ids))):
+                out[row.run_id]["tags"][row.key] = row.value
+            for row in await s.execute(
+                select(latest_metrics)
+                .where(latest_metrics.c.run_id.in_(run_ids))
+                .order_by(latest_metrics.c.key)
+            ):
+                out[row.run_id]["latest"].append(Point(row.key, row.value, row.step, row.timestamp))
+        return out
+
+    # ------------------------------------------------------------------ params and tags
+    async def log_params(self, run_id: str, owner: str | None, values: dict[str, str]) -> None:
+        """Params are write-once: the same value again is fine, a different one is an error."""
+        await self.get_run(run_id, owner)
+        for k, v in values.items():
+            _key(k, "params")
+            if len(v) > MAX_VALUE:
+                raise InvalidArgument(
+                    f"param {k!r} is longer than {MAX_VALUE} characters",
+                    [FieldViolation(f"params[{k}]", "too long")],
+                )
+        async with db.transaction(self.sessions) as s:
+            existing = {
+                r.key: r.value
+                for r in await s.execute(
+                    select(params).where(
+                        and_(params.c.run_id == run_id, params.c.key.in_(list(values)))
+                    )
+                )
+            }
+            clash = [k for k, v in values.items() if k in existing and existing[k] != v]
+            if clash:
+                raise InvalidArgument(
+                    f"param {clash[0]!r} is already {existing[clash[0]]!r}: params are "
+                    "written once",
+                    [FieldViolation(f"params[{k}]", "already set") for k in clash],
+                )
+            new = [
+                dict(run_id=run_id, key=k, value=v) for k, v in values.items() if k not in existing
+            ]
+            if new:
+                await s.execute(insert(params), new)
+
+    async def set_tags(
+        self, run_id: str, owner: str | None, values: dict[str, str], remove: Sequence[str] = ()
+    ) -> None:
+        await self.get_run(run_id, owner)
+        for k in values:
+            _key(k, "tags")
+        async with db.transaction(self.sessions) as s:
+            keys = list(values) + list(remove)
+            if keys:
+                await s.execute(
+                    delete(tags).where(and_(tags.c.run_id == run_id, tags.c.key.in_(keys)))
+                )
+            if values:
+                await s.execute(
+                    insert(tags),
+                    [dict(run_id=run_id, key=k, value=v[:MAX_VALUE]) for k, v in values.items()],
+                )
+
+    # ------------------------------------------------------------------ metrics
+    def _insert_latest(self) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(
+            latest_metrics
+        )
+
+    async def log_metrics(
+        self, run_id: str, owner: str | None, points: Sequence[Point], checked_run: bool = False
+    ) -> int:
+        """Append a batch (one transaction, one multi-row insert) and move each series' latest
+        point forward. Non-finite values are rejected: they cannot be compared or charted."""
+        if len(points) > MAX_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH} points per batch, got {len(points)}",
+                [FieldViolation("metrics", "too many")],
+            )
+        if not checked_run:
+            await self.get_run(run_id, owner)
+        stamp = now_ms()
+        rows = []
+        latest: dict[str, dict[str, Any]] = {}
+        for i, p in enumerate(points):
+            _key(p.key, "metrics")
+            if not math.isfinite(p.value):
+                raise InvalidArgument(
+                    f"metric {p.key!r} at step {p.step} is {p.value}: only finite values are "
+                    "stored",
+                    [FieldViolation(f"metrics[{i}].value", "not finite")],
+                )
+            row = dict(
+                run_id=run_id,
+                key=p.key,
+                step=p.step,
+                value=float(p.value),
+                timestamp=p.timestamp or stamp,
+            )
+            rows.append(row)
+            best = latest.get(p.key)
+            if best is None or (row["step"], row["timestamp"]) >= (best["step"], best["timestamp"]):
+                latest[p.key] = row
+        if not rows:
+            return 0
+        ins = self._insert_latest()
+        upsert = ins.on_conflict_do_update(
+            index_elements=[latest_metrics.c.run_id, latest_metrics.c.key],
+            set_={
+                "step": ins.excluded.step,
+                "value": ins.excluded.value,
+                "timestamp": ins.excluded.timestamp,
+            },
+            where=ins.excluded.step >= latest_metrics.c.step,
+        )
+        async with db.transaction(self.sessions) as s:
+            await s.execute(insert(metrics), rows)
+            await s.execute(upsert, list(latest.values()))
+        return len(rows)
+
+    async def history(
+        self, run_id: str, owner: str | None, key: str, max_points: int, size: int, token: str
+    ) -> tuple[list[Point], str, bool]:
+        """A series ordered by step; with max_points, about that many points spread evenly over
+        the steps (first and last kept). Pages are offsets into that series."""
+        await self.get_run(run_id, owner)
+        size = min(size or 1000, 10_000)
+        if size < 0:
+            raise InvalidArgument(
+                "page_size must not be negative", [FieldViolation("page_size", ">= 0")]
+            )
+        offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
+        where = and_(metrics.c.run_id == run_id, metrics.c.key == key)
+        base = select(metrics.c.step, metrics.c.value, metrics.c.timestamp).where(where)
+        downsampled = False
+        async with self.sessions() as s:
+            if max_points and max_points > 0:
+                total = (await s.execute(select(func.count()).where(where))).scalar_one()
+                if total > max_points:
+                    downsampled = True
+                    every = math.ceil(total / max_points)
+                    numbered = base.add_columns(
+                        func.row_number()
+                        .over(order_by=(metrics.c.step, metrics.c.timestamp))
+                        .label("n")
+                    ).subquery()
+                    base = select(numbered.c.step, numbered.c.value, numbered.c.timestamp).where(
+                        or_((numbered.c.n - 1) % every == 0, numbered.c.n == total)
+                    )
+                    rows = (
+                        await s.execute(
+                            base.order_by(numbered.c.step).offset(offset).limit(size + 1)
+                        )
+                    ).all()
+                else:
+                    rows = (
+                        await s.execute(
+                            base.order_by(metrics.c.step, metrics.c.timestamp)
+                            .offset(offset)
+                            .limit(size + 1)
+                        )
+                    ).all()
+            else:
+                rows = (
+                    await s.execute(
+                        base.order_by(metrics.c.step, metrics.c.timestamp)
+                        .offset(offset)
+                        .limit(size + 1)
+                    )
+                ).all()
+        more = len(rows) > size
+        points = [Point(key, r.value, r.step, r.timestamp) for r in rows[:size]]
+        return points, pagination.encode(("o", offset + size)) if more else "", downsampled
+
+    # ------------------------------------------------------------------ search
+    async def search_runs(
+        self,
+        owner: str | None,
+        experiment_ids: Sequence[str],
+        text: str,
+        order_by: Sequence[str],
+        size: int,
+        token: str,
+    ) -> tuple[list[Any], str]:
+        try:
+            node = filters.parse_filter(text)
+            order = filters.parse_order_by(list(order_by))
+        except filters.FilterError as exc:
+            raise InvalidArgument(
+                f"filter: {exc}",
+                [
+                    FieldViolation(
+                        "filter" if "order_by" not in exc.message else "order_by",
+                        f"column {exc.column}: {exc.message}",
+                    )
+                ],
+            ) from None
+        visible = select(experiments.c.id).where(experiments.c.deleted_at.is_(None))
+        if owner is not None:
+            visible = visible.where(experiments.c.owner == owner)
+        if experiment_ids:
+            visible = visible.where(experiments.c.id.in_(list(experiment_ids)))
+        query = select(runs).where(runs.c.experiment_id.in_(visible))
+        if node is not None:
+            query = query.where(_clause(node))
+        columns = []
+        for entity, key, desc in order:
+            col = _order_column(entity, key)
+            columns += [col.is_(None), col.desc() if desc else col.asc()]  # nulls last
+        columns += [runs.c.created_at.desc(), runs.c.id.desc()]
+        offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
+        n = pagination.page_size(size)
+        async with self.sessions() as s:
+            rows = (await s.execute(query.order_by(*columns).offset(offset).limit(n + 1))).all()
+        return rows[:n], pagination.encode(("o", offset + n)) if len(rows) > n else ""
+
+
+def _text_op(column: Any, op: str, value: str) -> Any:
+    if op == "=":
+        return column == value
+    if op == "!=":
+        return column != value
+    if op == "like":
+        return column.like(value)
+    if op == "not like":
+        return column.not_like(value)
+    lower = func.lower(column).like(func.lower(literal(value)))
+    return lower if op == "ilike" else ~lower
+
+
+def _num_op(column: Any, op: str, value: Any) -> Any:
+    return {
+        "=": column == value,
+        "!=": column != value,
+        "<": column < value,
+        "<=": column <= value,
+        ">": column > value,
+        ">=": column >= value,
+    }[op]
+
+
+def _clause(node: filters.Node) -> Any:
+    if isinstance(node, filters.And):
+        return and_(*(_clause(n) for n in node.items))
+    if isinstance(node, filters.Or):
+        return or_(*(_clause(n) for n in node.items))
+    c = node
+    if c.entity == "metrics":
+        return exists().where(
+            and_(
+                latest_metrics.c.run_id == runs.c.id,
+                latest_metrics.c.key == c.key,
+                _num_op(latest_metrics.c.value, c.op, c.value),
+            )
+        )
+    if c.entity in ("params", "tags"):
+        table = params if c.entity == "params" else tags
+        return exists().where(
+            and_(
+                table.c.run_id == runs.c.id,
+                table.c.key == c.key,
+                _text_op(table.c.value, c.op, str(c.value)),
+            )
+        )
+    if c.key in ("start_time", "end_time"):
+        moment = dt.datetime.fromtimestamp(float(c.value) / 1000, dt.UTC)
+        return _num_op(runs.c[c.key], c.op, moment)
+    column = {"status": runs.c.status, "run_name": runs.c.name, "run_id": runs.c.id}[c.key]
+    value = str(c.value).upper() if c.key == "status" and "like" not in c.op else str(c.value)
+    return _text_op(column, c.op, value)
+
+
+def _order_column(entity: str, key: str) -> Any:
+    if entity == "metrics":
+        return (
+            select(latest_metrics.c.value)
+            .where(and_(latest_metrics.c.run_id == runs.c.id, latest_metrics.c.key == key))
+            .scalar_subquery()
+        )
+    if entity in ("params", "tags"):
+        table = params if entity == "params" else tags
+        return (
+            select(table.c.value)
+            .where(and_(table.c.run_id == runs.c.id, table.c.key == key))
+            .scalar_subquery()
+        )
+    return {
+        "status": runs.c.status,
+        "run_name": runs.c.name,
+        "run_id": runs.c.id,
+        "start_time": runs.c.start_time,
+        "end_time": runs.c.end_time,
+    }[key]

@@ -1,0 +1,111 @@
+"""The tracker's tables (it owns `tracker_*`).
+
+Metric points are append-only rows keyed by (run, key, step); `tracker_latest_metrics` keeps
+the newest point of each series, so search and listings never scan the history."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+experiments = Table(
+    "tracker_experiments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("name", String(500), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+    UniqueConstraint("owner", "name", name="uq_tracker_experiments_owner_name"),
+)
+
+runs = Table(
+    "tracker_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "experiment_id",
+        String(36),
+        ForeignKey("tracker_experiments.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("owner", String(200), nullable=False),
+    Column("name", String(500), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("job_id", String(64), nullable=False, default=""),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_tracker_runs_experiment_created", "experiment_id", "created_at"),
+)
+
+params = Table(
+    "tracker_params",
+    metadata,
+    Column(
+        "run_id", String(36), ForeignKey("tracker_runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("key", String(250), primary_key=True),
+    Column("value", Text, nullable=False),
+    Index("ix_tracker_params_key_value", "key", "value"),
+)
+
+tags = Table(
+    "tracker_tags",
+    metadata,
+    Column(
+        "run_id", String(36), ForeignKey("tracker_runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("key", String(250), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+metrics = Table(
+    "tracker_metrics",
+    metadata,
+    Column("run_id", String(36), ForeignKey("tracker_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),  # milliseconds since the epoch
+    Index("ix_tracker_metrics_run_key_step", "run_id", "key", "step"),
+)
+
+latest_metrics = Table(
+    "tracker_latest_metrics",
+    metadata,
+    Column(
+        "run_id", String(36), ForeignKey("tracker_runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("key", String(250), primary_key=True),
+    Column("step", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Index("ix_tracker_latest_key_value", "key", "value"),
+)
+
+artifacts = Table(
+    "tracker_artifacts",
+    metadata,
+    Column(
+        "run_id", String(36), ForeignKey("tracker_runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("path", String(1000), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
