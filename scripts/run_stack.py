@@ -18,7 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SERVICES = [("compiler", "services.compiler", "services.compiler.worker")]
+# (name, server module, Dramatiq worker module or None, default port)
+SERVICES = [
+    ("compiler", "services.compiler", "services.compiler.worker", 50051),
+    ("tracker", "services.tracker", None, 50053),
+]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
@@ -90,13 +94,14 @@ def main() -> int:
                 return 1
             env["NEURAL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         endpoints = []
-        for name, module, worker in SERVICES:
-            port = int(env.get(f"NEURAL_{name.upper()}_PORT", "50051"))
+        for name, module, worker, default_port in SERVICES:
+            port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
             proc = start(name, [sys.executable, "-m", module])
-            start(
-                f"{name}-worker",
-                [str(BIN / "dramatiq"), worker, "--processes", "1", "--threads", "2"],
-            )
+            if worker:
+                start(
+                    f"{name}-worker",
+                    [str(BIN / "dramatiq"), worker, "--processes", "1", "--threads", "2"],
+                )
             if not wait_port(port, proc):
                 print(f"{name} did not start (see {data / (name + '.log')})", file=sys.stderr)
                 return 1

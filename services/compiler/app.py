@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from neural.v1 import compiler_pb2_grpc
 from neural_dsl import Limits
 from service_kit import db
 from service_kit.auth import AuthStore
-from service_kit.broker import setup_broker
+from service_kit.broker import redis_ping, setup_broker
 from service_kit.jobs import JobStore
 from service_kit.server import ServiceSpec
 from service_kit.settings import Settings
@@ -31,16 +30,6 @@ class App:
     jobs: JobStore
     registry: Registry
     spec: ServiceSpec
-
-
-async def redis_ping(url: str) -> bool:
-    client = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return bool(await client.ping())
-    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-        return False
-    finally:
-        await client.aclose()
 
 
 async def migrate(engine: AsyncEngine, auth: AuthStore) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import filters
-from .tables import experiments, latest_metrics, metrics, params, runs, tags
+from .tables import artifacts, experiments, latest_metrics, metrics, params, runs, tags
 
 MAX_BATCH = 1000
 MAX_KEY = 250
@@ -148,7 +148,7 @@ class TrackerStore:
                     await s.execute(select(runs.c.id).where(runs.c.experiment_id == exp_id))
                 ).all()
             ]
-            for table in (metrics, latest_metrics, params, tags):
+            for table in (metrics, latest_metrics, params, tags, artifacts):
                 await s.execute(
                     delete(table).where(
                         table.c.run_id.in_(select(runs.c.id).where(runs.c.experiment_id == exp_id))
@@ -382,6 +382,42 @@ class TrackerStore:
         points = [Point(key, r.value, r.step, r.timestamp) for r in rows[:size]]
         return points, pagination.encode(("o", offset + size)) if more else "", downsampled
 
+    # ------------------------------------------------------------------ artifacts
+    async def record_artifact(self, run_id: str, path: str, size: int, digest: str) -> None:
+        async with db.transaction(self.sessions) as s:
+            await s.execute(
+                delete(artifacts).where(
+                    and_(artifacts.c.run_id == run_id, artifacts.c.path == path)
+                )
+            )
+            await s.execute(
+                insert(artifacts).values(
+                    run_id=run_id, path=path, size=size, sha256=digest, created_at=now()
+                )
+            )
+
+    async def artifact_hashes(self, run_id: str) -> dict[str, str]:
+        async with self.sessions() as s:
+            return {
+                r.path: r.sha256
+                for r in await s.execute(select(artifacts).where(artifacts.c.run_id == run_id))
+            }
+
+    async def forget_artifacts(self, run_id: str, path: str) -> None:
+        """Drop the records of a file, or of everything under a directory."""
+        async with db.transaction(self.sessions) as s:
+            await s.execute(
+                delete(artifacts).where(
+                    and_(
+                        artifacts.c.run_id == run_id,
+                        or_(
+                            artifacts.c.path == path,
+                            artifacts.c.path.startswith(path + "/", autoescape=True),
+                        ),
+                    )
+                )
+            )
+
     # ------------------------------------------------------------------ search
     async def search_runs(
         self,
@@ -501,3 +537,43 @@ def _order_column(entity: str, key: str) -> Any:
         "start_time": runs.c.start_time,
         "end_time": runs.c.end_time,
     }[key]
+
+
+async def series(
+    store: TrackerStore, run_ids: Sequence[str], keys: Sequence[str], limit: int = 200_000
+) -> dict[str, dict[str, list[tuple[int, float, int]]]]:
+    """(step, value, timestamp) per run and key, ordered by step (all keys when none given)."""
+    out: dict[str, dict[str, list[tuple[int, float, int]]]] = {r: {} for r in run_ids}
+    query = select(
+        metrics.c.run_id, metrics.c.key, metrics.c.step, metrics.c.value, metrics.c.timestamp
+    ).where(metrics.c.run_id.in_(list(run_ids)))
+    if keys:
+        query = query.where(metrics.c.key.in_(list(keys)))
+    query = query.order_by(
+        metrics.c.run_id, metrics.c.key, metrics.c.step, metrics.c.timestamp
+    ).limit(limit)
+    async with store.sessions() as s:
+        for r in await s.execute(query):
+            out[r.run_id].setdefault(r.key, []).append((r.step, r.value, r.timestamp))
+    return out
+
+
+async def run_counts(store: TrackerStore, exp_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Runs per experiment by status."""
+    out: dict[str, dict[str, int]] = {e: {} for e in exp_ids}
+    query = (
+        select(runs.c.experiment_id, runs.c.status, func.count())
+        .where(runs.c.experiment_id.in_(list(exp_ids)))
+        .group_by(runs.c.experiment_id, runs.c.status)
+    )
+    async with store.sessions() as s:
+        for exp_id, status, n in await s.execute(query):
+            out[exp_id][status] = n
+    return out
+
+
+async def runs_of(store: TrackerStore, exp_ids: Sequence[str]) -> list[Any]:
+    async with store.sessions() as s:
+        return list(
+            (await s.execute(select(runs).where(runs.c.experiment_id.in_(list(exp_ids))))).all()
+        )

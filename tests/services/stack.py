@@ -37,8 +37,8 @@ class Stack:
             args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
 
-    def start_server(self) -> None:
-        self.start("server", [sys.executable, "-m", "services.compiler"])
+    def start_server(self, module: str = "services.compiler") -> None:
+        self.start("server", [sys.executable, "-m", module])
 
     def start_worker(self) -> None:
         self.start(
@@ -98,7 +98,7 @@ class Stack:
             self.stop(name)
 
 
-def make_stack(tmp: Path, database_url: str, redis_db: int) -> Stack:
+def make_stack(tmp: Path, database_url: str, redis_db: int, service: str = "compiler") -> Stack:
     port, metrics = free_port(), free_port()
     env = {
         **os.environ,
@@ -107,8 +107,8 @@ def make_stack(tmp: Path, database_url: str, redis_db: int) -> Stack:
         "NEURAL_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
         "NEURAL_DATA_DIR": str(tmp),
         "NEURAL_STORAGE_DIR": str(tmp / "storage"),
-        "NEURAL_COMPILER_PORT": str(port),
-        "NEURAL_COMPILER_METRICS_PORT": str(metrics),
+        f"NEURAL_{service.upper()}_PORT": str(port),
+        f"NEURAL_{service.upper()}_METRICS_PORT": str(metrics),
         "NEURAL_JWT_SECRET": "e2e-secret-" + "x" * 32,
         "NEURAL_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
         "NEURAL_GRACE_SECONDS": "5",

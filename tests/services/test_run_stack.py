@@ -27,6 +27,8 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             "NEURAL_DATA_DIR": str(tmp_path),
             "NEURAL_COMPILER_PORT": str(port),
             "NEURAL_COMPILER_METRICS_PORT": str(free_port()),
+            "NEURAL_TRACKER_PORT": str(free_port()),
+            "NEURAL_TRACKER_METRICS_PORT": str(free_port()),
             "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
             "PYTHONPATH": str(ROOT),
         }
@@ -84,7 +86,7 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
-        assert "stopped compiler" in out and "stopped redis" in out
+        assert "stopped compiler" in out and "stopped tracker" in out and "stopped redis" in out
     finally:
         if proc.poll() is None:
             proc.kill()

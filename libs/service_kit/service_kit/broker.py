@@ -17,3 +17,16 @@ def setup_broker(settings: Settings) -> RedisBroker:
         _broker = RedisBroker(url=settings.redis_url)
         dramatiq.set_broker(_broker)
     return _broker
+
+
+async def redis_ping(url: str) -> bool:
+    """True when Redis at `url` answers PING within two seconds (a health check)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(await client.ping())
+    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+        return False
+    finally:
+        await client.aclose()

@@ -1,0 +1,54 @@
+"""Wiring of the tracker: settings, database, migrations, artifact store and servicer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from neural.v1 import tracker_pb2_grpc
+from service_kit import db
+from service_kit.auth import AuthStore
+from service_kit.broker import redis_ping
+from service_kit.server import ServiceSpec
+from service_kit.settings import Settings
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .artifacts import LocalArtifactStore
+from .service import METHOD_ROLES, SERVICE, TrackerService
+from .store import TrackerStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_tracker"
+
+
+@dataclass
+class App:
+    engine: AsyncEngine
+    auth: AuthStore
+    store: TrackerStore
+    spec: ServiceSpec
+
+
+async def build(settings: Settings) -> App:
+    engine = db.make_engine(settings.database_url)
+    auth = AuthStore(engine, settings.jwt_secret)
+    await auth.migrate()
+    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    store = TrackerStore(engine)
+    service = TrackerService(
+        store, LocalArtifactStore(settings.storage_dir / "tracker"), settings.redis_url
+    )
+
+    async def database_up() -> bool:
+        return await db.ping(engine)
+
+    async def redis_up() -> bool:
+        return await redis_ping(settings.redis_url)
+
+    spec = ServiceSpec(
+        "tracker",
+        [(tracker_pb2_grpc.add_TrackerServiceServicer_to_server, service, SERVICE)],
+        METHOD_ROLES,
+        health_checks=[database_up, redis_up],
+    )
+    return App(engine, auth, store, spec)

@@ -1,0 +1,561 @@
+"""TrackerService: experiments, runs, params, metrics, artifacts, search, comparison, plots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from google.protobuf import empty_pb2, timestamp_pb2
+from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
+from service_kit import errors, pagination
+from service_kit.interceptors import principal
+
+from . import compare
+from .artifacts import ArtifactStore, clean_path
+from .plots import plot_png
+from .store import MAX_BATCH, Point, TrackerStore, run_counts, runs_of, series
+
+SERVICE = "neural.v1.TrackerService"
+CHUNK = 64 * 1024
+STATUS = {1: "RUNNING", 2: "FINISHED", 3: "FAILED", 4: "KILLED"}
+STATUS_ENUM = {v: k for k, v in STATUS.items()}
+
+METHOD_ROLES = {
+    f"/{SERVICE}/{m}": "viewer"
+    for m in (
+        "ListExperiments",
+        "GetExperiment",
+        "CompareExperiments",
+        "GetRun",
+        "GetMetricHistory",
+        "WatchRun",
+        "SearchRuns",
+        "CompareRuns",
+        "PlotMetrics",
+        "ListArtifacts",
+        "DownloadArtifact",
+    )
+}
+
+
+def _owner() -> str | None:
+    who = principal()
+    return None if who.role == "admin" else who.subject
+
+
+def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    return ts
+
+
+def _ms_ts(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def _experiment(row: Any, count: int = 0) -> tracker_pb2.Experiment:
+    return tracker_pb2.Experiment(
+        id=row.id,
+        name=row.name,
+        owner=row.owner,
+        create_time=_ts(row.created_at),
+        update_time=_ts(row.updated_at),
+        delete_time=_ts(row.deleted_at),
+        run_count=count,
+    )
+
+
+def _metric(p: Point) -> tracker_pb2.Metric:
+    return tracker_pb2.Metric(key=p.key, value=p.value, step=p.step, timestamp=_ms_ts(p.timestamp))
+
+
+def _run(row: Any, details: dict[str, Any]) -> tracker_pb2.Run:
+    return tracker_pb2.Run(
+        id=row.id,
+        experiment_id=row.experiment_id,
+        name=row.name,
+        status=STATUS_ENUM[row.status],
+        start_time=_ts(row.start_time),
+        end_time=_ts(row.end_time),
+        owner=row.owner,
+        params=details["params"],
+        tags=details["tags"],
+        latest_metrics=[_metric(p) for p in details["latest"]],
+        job_id=row.job_id,
+    )
+
+
+def _points(ms: list[tracker_pb2.Metric]) -> list[Point]:
+    return [
+        Point(
+            m.key, m.value, m.step, m.timestamp.ToMilliseconds() if m.HasField("timestamp") else 0
+        )
+        for m in ms
+    ]
+
+
+class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
+    def __init__(self, store: TrackerStore, artifacts: ArtifactStore, redis_url: str) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+    # ------------------------------------------------------------------ events
+    def _channel(self, run_id: str) -> str:
+        return f"neural:tracker:run:{run_id}"
+
+    async def _publish(self, run_id: str, payload: dict[str, Any]) -> None:
+        # WatchRun also polls, so a lost notification only delays it.
+        with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+            await self.redis.publish(self._channel(run_id), json.dumps(payload))
+
+    async def _run_message(self, row: Any) -> tracker_pb2.Run:
+        return _run(row, (await self.store.run_details([row.id]))[row.id])
+
+    # ------------------------------------------------------------------ experiments
+    async def CreateExperiment(self, request: Any, context: Any) -> Any:
+        row = await self.store.create_experiment(principal().subject, request.experiment.name)
+        return _experiment(row)
+
+    async def ListExperiments(self, request: Any, context: Any) -> Any:
+        rows, token = await self.store.list_experiments(
+            _owner(), request.page_size, request.page_token, request.name, request.include_deleted
+        )
+        counts = await run_counts(self.store, [r.id for r in rows])
+        return tracker_pb2.ListExperimentsResponse(
+            experiments=[_experiment(r, sum(counts[r.id].values())) for r in rows],
+            next_page_token=token,
+        )
+
+    async def GetExperiment(self, request: Any, context: Any) -> Any:
+        row = await self.store.get_experiment(request.id, _owner())
+        counts = await run_counts(self.store, [row.id])
+        return _experiment(row, sum(counts[row.id].values()))
+
+    async def UpdateExperiment(self, request: Any, context: Any) -> Any:
+        paths = set(request.update_mask.paths) or {"name"}
+        if paths - {"name"}:
+            raise errors.InvalidArgument(
+                "only 'name' can be updated", [errors.FieldViolation("update_mask", "only name")]
+            )
+        row = await self.store.rename_experiment(
+            request.experiment.id, _owner(), request.experiment.name
+        )
+        return _experiment(row)
+
+    async def DeleteExperiment(self, request: Any, context: Any) -> Any:
+        return _experiment(await self.store.set_deleted(request.id, _owner(), True))
+
+    async def RestoreExperiment(self, request: Any, context: Any) -> Any:
+        return _experiment(await self.store.set_deleted(request.id, _owner(), False))
+
+    async def PurgeExperiment(self, request: Any, context: Any) -> Any:
+        for run_id in await self.store.purge_experiment(request.id, _owner()):
+            await asyncio.to_thread(self.artifacts.delete_run, run_id)
+        return empty_pb2.Empty()
+
+    # ------------------------------------------------------------------ runs
+    async def CreateRun(self, request: Any, context: Any) -> Any:
+        start = (
+            request.run.start_time.ToDatetime(dt.UTC)
+            if request.run.HasField("start_time")
+            else None
+        )
+        row = await self.store.create_run(
+            request.experiment_id, principal().subject, request.run.name, request.run.job_id, start
+        )
+        if request.run.tags:
+            await self.store.set_tags(row.id, None, dict(request.run.tags))
+        return await self._run_message(row)
+
+    async def GetRun(self, request: Any, context: Any) -> Any:
+        return await self._run_message(await self.store.get_run(request.id, _owner()))
+
+    async def UpdateRun(self, request: Any, context: Any) -> Any:
+        paths = set(request.update_mask.paths) or {"name", "status", "end_time"}
+        if paths - {"name", "status", "end_time"}:
+            raise errors.InvalidArgument(
+                "updatable: name, status, end_time",
+                [errors.FieldViolation("update_mask", "unknown field")],
+            )
+        values: dict[str, Any] = {}
+        if "name" in paths and request.run.name:
+            values["name"] = request.run.name[:500]
+        if "status" in paths and request.run.status:
+            if request.run.status not in STATUS:
+                raise errors.InvalidArgument(
+                    "unknown status", [errors.FieldViolation("run.status", "unknown")]
+                )
+            values["status"] = STATUS[request.run.status]
+        if "end_time" in paths and request.run.HasField("end_time"):
+            values["end_time"] = request.run.end_time.ToDatetime(dt.UTC)
+        row = await self.store.update_run(request.run.id, _owner(), **values)
+        if "status" in values:
+            await self._publish(row.id, {"type": "status", "status": row.status})
+        return await self._run_message(row)
+
+    async def SetTags(self, request: Any, context: Any) -> Any:
+        await self.store.set_tags(
+            request.run_id, _owner(), dict(request.tags), list(request.delete_keys)
+        )
+        return empty_pb2.Empty()
+
+    async def LogParams(self, request: Any, context: Any) -> Any:
+        await self.store.log_params(request.run_id, _owner(), dict(request.params))
+        return empty_pb2.Empty()
+
+    async def LogMetrics(self, request: Any, context: Any) -> Any:
+        points = _points(list(request.metrics))
+        await self.store.log_metrics(request.run_id, _owner(), points)
+        await self._notify(request.run_id, points)
+        return empty_pb2.Empty()
+
+    async def _notify(self, run_id: str, points: list[Point]) -> None:
+        await self._publish(
+            run_id,
+            {
+                "type": "metrics",
+                "metrics": [[p.key, p.value, p.step, p.timestamp] for p in points[-MAX_BATCH:]],
+            },
+        )
+
+    async def StreamMetrics(self, request_iterator: Any, context: Any) -> Any:
+        owner = _owner()
+        checked: set[str] = set()
+        total = batches = 0
+        async for request in request_iterator:
+            if request.run_id not in checked:
+                await self.store.get_run(request.run_id, owner)
+                checked.add(request.run_id)
+            points = _points(list(request.metrics))
+            total += await self.store.log_metrics(request.run_id, owner, points, checked_run=True)
+            batches += 1
+            await self._notify(request.run_id, points)
+        return tracker_pb2.StreamMetricsResponse(
+            metrics_logged=total, batches=batches, run_ids=sorted(checked)
+        )
+
+    async def GetMetricHistory(self, request: Any, context: Any) -> Any:
+        points, token, down = await self.store.history(
+            request.run_id,
+            _owner(),
+            request.key,
+            request.max_points,
+            request.page_size,
+            request.page_token,
+        )
+        return tracker_pb2.GetMetricHistoryResponse(
+            metrics=[_metric(p) for p in points], next_page_token=token, downsampled=down
+        )
+
+    async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        owner = _owner()
+        keys = set(request.metric_keys)
+        pubsub = self.redis.pubsub()
+        subscribed = True
+        try:
+            await pubsub.subscribe(self._channel(request.run_id))
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+            subscribed = False
+        try:
+            row = await self.store.get_run(request.run_id, owner)
+            yield tracker_pb2.RunEvent(
+                run_id=row.id,
+                type="status",
+                status=STATUS_ENUM[row.status],
+                run=await self._run_message(row),
+                time=_ts(now()),
+            )
+            while row.status == "RUNNING":
+                msg = None
+                if subscribed:
+                    try:
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                        subscribed = False
+                else:
+                    await asyncio.sleep(1.0)
+                if msg:
+                    data = json.loads(msg["data"])
+                    if data["type"] == "metrics":
+                        chosen = [m for m in data["metrics"] if not keys or m[0] in keys]
+                        if chosen:
+                            yield tracker_pb2.RunEvent(
+                                run_id=row.id,
+                                type="metrics",
+                                time=_ts(now()),
+                                metrics=[_metric(Point(*m)) for m in chosen],
+                            )
+                        continue
+                row = await self.store.get_run(request.run_id, owner)
+                if row.status != "RUNNING":
+                    yield tracker_pb2.RunEvent(
+                        run_id=row.id,
+                        type="status",
+                        status=STATUS_ENUM[row.status],
+                        run=await self._run_message(row),
+                        time=_ts(now()),
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    # ------------------------------------------------------------------ search and compare
+    async def SearchRuns(self, request: Any, context: Any) -> Any:
+        rows, token = await self.store.search_runs(
+            _owner(),
+            list(request.experiment_ids),
+            request.filter,
+            list(request.order_by),
+            request.page_size,
+            request.page_token,
+        )
+        details = await self.store.run_details([r.id for r in rows])
+        return tracker_pb2.SearchRunsResponse(
+            runs=[_run(r, details[r.id]) for r in rows], next_page_token=token
+        )
+
+    def _direction(self, key: str, directions: Any) -> int:
+        return directions.get(key) or compare.default_direction(key)
+
+    async def CompareRuns(self, request: Any, context: Any) -> Any:
+        ids = list(dict.fromkeys(request.run_ids))
+        if not 2 <= len(ids) <= 100:
+            raise errors.InvalidArgument(
+                "compare 2 to 100 runs", [errors.FieldViolation("run_ids", "2 to 100")]
+            )
+        owner = _owner()
+        rows = [await self.store.get_run(r, owner) for r in ids]
+        details = await self.store.run_details(ids)
+        data = await series(self.store, ids, list(request.metric_keys))
+        keys = sorted({k for per in data.values() for k in per})
+        out = tracker_pb2.CompareRunsResponse()
+        per_key: dict[str, dict[str, compare.Summary]] = {k: {} for k in keys}
+        for row in rows:
+            cmp_ = out.runs.add(
+                run_id=row.id,
+                run_name=row.name,
+                experiment_id=row.experiment_id,
+                status=STATUS_ENUM[row.status],
+                params=details[row.id]["params"],
+            )
+            for key, pts in data[row.id].items():
+                s = compare.summarize(
+                    [(p[0], p[1]) for p in pts], self._direction(key, request.directions)
+                )
+                per_key[key][row.id] = s
+                cmp_.metrics[key].CopyFrom(tracker_pb2.MetricSummary(**vars(s)))
+        for key, summaries in per_key.items():
+            direction = self._direction(key, request.directions)
+            best = compare.best_run(summaries, direction)
+            if best:
+                out.best_runs[key].CopyFrom(
+                    tracker_pb2.BestRun(
+                        metric_key=key,
+                        run_id=best[0],
+                        value=best[1].best,
+                        step=best[1].best_step,
+                        direction=direction,
+                    )
+                )
+        param_keys = {k for r in rows for k in details[r.id]["params"]}
+        out.differing_params.extend(
+            sorted(k for k in param_keys if len({details[r.id]["params"].get(k) for r in rows}) > 1)
+        )
+        return out
+
+    async def CompareExperiments(self, request: Any, context: Any) -> Any:
+        ids = list(dict.fromkeys(request.experiment_ids))
+        if not 2 <= len(ids) <= 20:
+            raise errors.InvalidArgument(
+                "compare 2 to 20 experiments", [errors.FieldViolation("experiment_ids", "2 to 20")]
+            )
+        owner = _owner()
+        exps = [await self.store.get_experiment(e, owner) for e in ids]
+        counts = await run_counts(self.store, ids)
+        all_runs = await runs_of(self.store, ids)
+        data = await series(self.store, [r.id for r in all_runs], list(request.metric_keys))
+        run_exp = {r.id: r.experiment_id for r in all_runs}
+        out = tracker_pb2.CompareExperimentsResponse()
+        overall: dict[str, dict[str, compare.Summary]] = {}
+        for exp in exps:
+            cmp_ = out.experiments.add(
+                experiment_id=exp.id,
+                name=exp.name,
+                run_count=sum(counts[exp.id].values()),
+                status_counts=counts[exp.id],
+            )
+            per_key: dict[str, dict[str, compare.Summary]] = {}
+            for run_id, per in data.items():
+                if run_exp[run_id] != exp.id:
+                    continue
+                for key, pts in per.items():
+                    s = compare.summarize(
+                        [(p[0], p[1]) for p in pts], self._direction(key, request.directions)
+                    )
+                    per_key.setdefault(key, {})[run_id] = s
+                    overall.setdefault(key, {})[run_id] = s
+            for key, summaries in per_key.items():
+                direction = self._direction(key, request.directions)
+                best = compare.best_run(summaries, direction)
+                if best:
+                    cmp_.best_runs[key].CopyFrom(
+                        tracker_pb2.BestRun(
+                            metric_key=key,
+                            run_id=best[0],
+                            value=best[1].best,
+                            step=best[1].best_step,
+                            direction=direction,
+                        )
+                    )
+        for key, summaries in overall.items():
+            direction = self._direction(key, request.directions)
+            best = compare.best_run(summaries, direction)
+            if best:
+                out.best_runs[key].CopyFrom(
+                    tracker_pb2.BestRun(
+                        metric_key=key,
+                        run_id=best[0],
+                        value=best[1].best,
+                        step=best[1].best_step,
+                        direction=direction,
+                    )
+                )
+        return out
+
+    async def PlotMetrics(self, request: Any, context: Any) -> Any:
+        ids = list(dict.fromkeys(request.run_ids))
+        keys = list(dict.fromkeys(request.keys))
+        if not 1 <= len(ids) <= 20 or not 1 <= len(keys) <= 10:
+            raise errors.InvalidArgument(
+                "plot 1 to 20 runs and 1 to 10 keys", [errors.FieldViolation("run_ids", "1 to 20")]
+            )
+        width, height = request.width or 1200, request.height or 800
+        if not (100 <= width <= 4000 and 100 <= height <= 4000):
+            raise errors.InvalidArgument(
+                "width and height are 100 to 4000 pixels",
+                [errors.FieldViolation("width", "100 to 4000")],
+            )
+        if request.x_axis not in ("", "step", "time"):
+            raise errors.InvalidArgument(
+                "x_axis is 'step' or 'time'", [errors.FieldViolation("x_axis", "step or time")]
+            )
+        owner = _owner()
+        rows = [await self.store.get_run(r, owner) for r in ids]
+        data = await series(self.store, ids, keys)
+        by_time = request.x_axis == "time"
+        curves = {
+            k: {
+                r: [((p[2] / 1000.0) if by_time else p[0], p[1]) for p in data[r].get(k, [])]
+                for r in ids
+            }
+            for k in keys
+        }
+        png = await asyncio.to_thread(
+            plot_png,
+            curves,
+            {r.id: r.name for r in rows},
+            keys,
+            "time (s)" if by_time else "step",
+            width,
+            height,
+        )
+        return tracker_pb2.PlotMetricsResponse(png=png, content_type="image/png")
+
+    # ------------------------------------------------------------------ artifacts
+    async def UploadArtifact(self, request_iterator: Any, context: Any) -> Any:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.run_id:
+            raise errors.InvalidArgument(
+                "the first message names run_id and path",
+                [errors.FieldViolation("run_id", "required")],
+            )
+        run = await self.store.get_run(first.run_id, _owner())
+        path = clean_path(first.path)
+        declared = {"sha256": first.chunk.sha256, "total": first.chunk.total_size}
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if first.chunk.data:
+                yield first.chunk.data
+            async for msg in request_iterator:
+                if msg.chunk.sha256:
+                    declared["sha256"] = msg.chunk.sha256
+                if msg.chunk.data:
+                    yield msg.chunk.data
+
+        size, digest = await self.artifacts.write(run.id, path, chunks(), "", 0)
+        if (declared["sha256"] and declared["sha256"].lower() != digest) or (
+            declared["total"] and declared["total"] != size
+        ):
+            await asyncio.to_thread(self.artifacts.delete, run.id, path)
+            raise errors.InvalidArgument(
+                "the upload's sha256 or size does not match what was declared: nothing was kept",
+                [errors.FieldViolation("chunk.sha256", "mismatch")],
+            )
+        await self.store.record_artifact(run.id, path, size, digest)
+        return tracker_pb2.Artifact(
+            run_id=run.id, path=path, size_bytes=size, sha256=digest, update_time=_ts(now())
+        )
+
+    async def ListArtifacts(self, request: Any, context: Any) -> Any:
+        run = await self.store.get_run(request.run_id, _owner())
+        path = clean_path(request.path, allow_root=True)
+        entries = await asyncio.to_thread(self.artifacts.list, run.id, path)
+        known = await self.store.artifact_hashes(run.id)
+        n = min(request.page_size or 100, 1000)
+        offset = int(pagination.decode(request.page_token)[1]) if request.page_token else 0
+        page = entries[offset : offset + n]
+        return tracker_pb2.ListArtifactsResponse(
+            artifacts=[
+                tracker_pb2.Artifact(
+                    run_id=run.id, path=p, is_dir=d, size_bytes=s, sha256=known.get(p, "")
+                )
+                for p, d, s in page
+            ],
+            next_page_token=pagination.encode(("o", offset + n))
+            if offset + n < len(entries)
+            else "",
+        )
+
+    async def DownloadArtifact(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        run = await self.store.get_run(request.run_id, _owner())
+        target = self.artifacts.open(run.id, clean_path(request.path))
+        digest = hashlib.sha256()
+        offset = 0
+        with target.open("rb") as f:
+            while data := await asyncio.to_thread(f.read, CHUNK):
+                digest.update(data)
+                yield common_pb2.Chunk(
+                    data=data,
+                    offset=offset,
+                    name=request.path if offset == 0 else "",
+                    total_size=target.stat().st_size if offset == 0 else 0,
+                )
+                offset += len(data)
+        yield common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
+
+    async def DeleteArtifact(self, request: Any, context: Any) -> Any:
+        run = await self.store.get_run(request.run_id, _owner())
+        path = clean_path(request.path)
+        if not await asyncio.to_thread(self.artifacts.delete, run.id, path):
+            raise errors.NotFound(f"no artifact {path!r}")
+        await self.store.forget_artifacts(run.id, path)
+        return empty_pb2.Empty()
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+__all__ = ["METHOD_ROLES", "SERVICE", "TrackerService", "math"]
