@@ -20,7 +20,7 @@ from service_kit.interceptors import principal
 from . import compare
 from .artifacts import ArtifactStore, clean_path
 from .plots import plot_png
-from .store import MAX_BATCH, Point, TrackerStore, run_counts, runs_of, series
+from .store import Point, TrackerStore, run_counts, runs_of, series
 
 SERVICE = "neural.v1.TrackerService"
 CHUNK = 64 * 1024
@@ -96,11 +96,9 @@ def _run(row: Any, details: dict[str, Any]) -> tracker_pb2.Run:
     )
 
 
-def _points(ms: list[tracker_pb2.Metric]) -> list[Point]:
+def _points(ms: Any) -> list[Point]:
     return [
-        Point(
-            m.key, m.value, m.step, m.timestamp.ToMilliseconds() if m.HasField("timestamp") else 0
-        )
+        Point(m.key, m.value, m.step, m.timestamp.seconds * 1000 + m.timestamp.nanos // 1_000_000)
         for m in ms
     ]
 
@@ -222,13 +220,10 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         return empty_pb2.Empty()
 
     async def _notify(self, run_id: str, points: list[Point]) -> None:
-        await self._publish(
-            run_id,
-            {
-                "type": "metrics",
-                "metrics": [[p.key, p.value, p.step, p.timestamp] for p in points[-MAX_BATCH:]],
-            },
-        )
+        # Watchers get the newest 100 points of a batch; the history keeps all of them.
+        stamp = int(now().timestamp() * 1000)
+        recent = [[p.key, p.value, p.step, p.timestamp or stamp] for p in points[-100:]]
+        await self._publish(run_id, {"type": "metrics", "metrics": recent})
 
     async def StreamMetrics(self, request_iterator: Any, context: Any) -> Any:
         owner = _owner()
@@ -255,9 +250,13 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             request.page_size,
             request.page_token,
         )
-        return tracker_pb2.GetMetricHistoryResponse(
-            metrics=[_metric(p) for p in points], next_page_token=token, downsampled=down
-        )
+        response = tracker_pb2.GetMetricHistoryResponse(next_page_token=token, downsampled=down)
+        add = response.metrics.add
+        for p in points:  # built in place: this is the hot loop of long histories
+            m = add(key=p.key, value=p.value, step=p.step)
+            m.timestamp.seconds, m.timestamp.nanos = divmod(p.timestamp, 1000)
+            m.timestamp.nanos *= 1_000_000
+        return response
 
     async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
         owner = _owner()

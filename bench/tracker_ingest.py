@@ -1,0 +1,240 @@
+"""Tracker ingest and read-back, against a raw asyncpg insert of the same rows, in one run.
+
+For SQLite and PostgreSQL: metric points per second through `LogMetrics` (batches of 1000)
+and through `StreamMetrics`, single-point `LogMetrics` calls per second, the time to read
+back a 100,000-point history; and, on PostgreSQL, a raw asyncpg `executemany` of the same
+rows into the same table (the ratio is the service's overhead). With `mlflow` installed in
+.venv-bench (`make bench-deps`), the same workload against a local MLflow tracking server
+(SQLite backend) is printed as a ratio.
+
+    .venv/bin/python bench/tracker_ingest.py [--points N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(port)
+
+
+async def workload(port: int, key: str, points: int) -> dict[str, float]:
+    from neural.v1 import tracker_pb2, tracker_pb2_grpc
+
+    md = (("authorization", f"Bearer {key}"),)
+    out: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+    ) as ch:
+        t = tracker_pb2_grpc.TrackerServiceStub(ch)
+        exp = await t.CreateExperiment(
+            tracker_pb2.CreateExperimentRequest(
+                experiment=tracker_pb2.Experiment(name=f"bench-{uuid.uuid4().hex[:6]}")
+            ),
+            metadata=md,
+        )
+
+        async def new_run() -> str:
+            return (
+                await t.CreateRun(
+                    tracker_pb2.CreateRunRequest(
+                        experiment_id=exp.id, run=tracker_pb2.Run(name="bench")
+                    ),
+                    metadata=md,
+                )
+            ).id
+
+        def batch(run_id: str, start: int) -> tracker_pb2.LogMetricsRequest:
+            return tracker_pb2.LogMetricsRequest(
+                run_id=run_id,
+                metrics=[
+                    tracker_pb2.Metric(key="loss", value=1.0 / (i + 1), step=i)
+                    for i in range(start, start + 1000)
+                ],
+            )
+
+        run = await new_run()
+        batches = [batch(run, s) for s in range(0, points, 1000)]
+        t0 = time.perf_counter()
+        for b in batches:
+            await t.LogMetrics(b, metadata=md)
+        out["batch_points_per_s"] = points / (time.perf_counter() - t0)
+
+        run2 = await new_run()
+        batches2 = [batch(run2, s) for s in range(0, points, 1000)]
+        t0 = time.perf_counter()
+        await t.StreamMetrics(iter(batches2), metadata=md)
+        out["stream_points_per_s"] = points / (time.perf_counter() - t0)
+
+        run3 = await new_run()
+        singles = 500
+        t0 = time.perf_counter()
+        for i in range(singles):
+            await t.LogMetrics(
+                tracker_pb2.LogMetricsRequest(
+                    run_id=run3, metrics=[tracker_pb2.Metric(key="acc", value=0.5, step=i)]
+                ),
+                metadata=md,
+            )
+        out["single_calls_per_s"] = singles / (time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        got, token = 0, ""
+        while True:
+            r = await t.GetMetricHistory(
+                tracker_pb2.GetMetricHistoryRequest(
+                    run_id=run, key="loss", page_size=10_000, page_token=token
+                ),
+                metadata=md,
+            )
+            got += len(r.metrics)
+            token = r.next_page_token
+            if not token:
+                break
+        out["history_read_s"] = time.perf_counter() - t0
+        out["history_points"] = got
+    return out
+
+
+async def raw_asyncpg(dsn: str, points: int) -> float:
+    conn = await asyncpg.connect(dsn)
+    try:
+        run_id = await conn.fetchval("SELECT id FROM tracker_runs LIMIT 1")
+        rows = [(run_id, "raw", i, 1.0 / (i + 1), 0) for i in range(points)]
+        t0 = time.perf_counter()
+        for s in range(0, points, 1000):
+            await conn.executemany(
+                "INSERT INTO tracker_metrics (run_id, key, step, value, timestamp) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                rows[s : s + 1000],
+            )
+        return points / (time.perf_counter() - t0)
+    finally:
+        await conn.close()
+
+
+def run_backend(name: str, database_url: str, points: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-bench-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NEURAL_DATA_DIR": str(tmp),
+        "NEURAL_DATABASE_URL": database_url,
+        "NEURAL_TRACKER_PORT": str(port),
+        "NEURAL_TRACKER_METRICS_PORT": str(free_port()),
+        "NEURAL_LOG_LEVEL": "WARNING",
+        "NEURAL_REDIS_URL": "redis://127.0.0.1:6379/12",
+        "NEURAL_MAX_MESSAGE_BYTES": str(64 << 20),
+    }
+    key = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "service_kit.keys",
+                "create",
+                "--name",
+                "bench",
+                "--role",
+                "user",
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.split("key:")[1]
+        .split()[0]
+    )
+    server = subprocess.Popen([sys.executable, "-m", "services.tracker"], env=env, cwd=ROOT)
+    try:
+        wait_port(port)
+        return asyncio.run(workload(port, key, points))
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+async def pg_database() -> tuple[str, str]:
+    name = f"neural_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+async def drop(name: str) -> None:
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+def show(label: str, r: dict[str, float]) -> None:
+    print(
+        f"{label:10s} LogMetrics(1000) {r['batch_points_per_s']:9,.0f} pts/s   "
+        f"stream {r['stream_points_per_s']:9,.0f} pts/s   "
+        f"single {r['single_calls_per_s']:6,.0f} calls/s   "
+        f"history {r['history_points']:,.0f} pts in {r['history_read_s']:.2f} s"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=100_000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-sqlite-"))
+    sqlite = run_backend("sqlite", f"sqlite+aiosqlite:///{tmp / 'bench.db'}", args.points)
+    show("sqlite", sqlite)
+    name, dsn = asyncio.run(pg_database())
+    try:
+        pg = run_backend(
+            "postgres", dsn.replace("postgresql://", "postgresql+asyncpg://"), args.points
+        )
+        show("postgres", pg)
+        raw = asyncio.run(raw_asyncpg(dsn, args.points))
+        print(
+            f"raw asyncpg executemany into the same table: {raw:,.0f} pts/s; service "
+            f"LogMetrics / raw = {pg['batch_points_per_s'] / raw:.2f}x"
+        )
+    finally:
+        asyncio.run(drop(name))
+    if (
+        not BENCH_PY.exists()
+        or subprocess.run([str(BENCH_PY), "-c", "import mlflow"], capture_output=True).returncode
+    ):
+        print("mlflow not installed in .venv-bench (make bench-deps): no MLflow ratio")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
