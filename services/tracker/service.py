@@ -108,15 +108,24 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         self.store = store
         self.artifacts = artifacts
         self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self._pending: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ events
     def _channel(self, run_id: str) -> str:
         return f"neural:tracker:run:{run_id}"
 
     async def _publish(self, run_id: str, payload: dict[str, Any]) -> None:
-        # WatchRun also polls, so a lost notification only delays it.
-        with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-            await self.redis.publish(self._channel(run_id), json.dumps(payload))
+        """Tell watchers, off the caller's path: the RPC does not wait for Redis. WatchRun
+        also polls the run, so a lost notification only delays it."""
+
+        async def send() -> None:
+            with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                await self.redis.publish(self._channel(run_id), json.dumps(payload))
+
+        if len(self._pending) < 1000:  # bounded: a stalled Redis cannot pile up tasks
+            task = asyncio.create_task(send())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _run_message(self, row: Any) -> tracker_pb2.Run:
         return _run(row, (await self.store.run_details([row.id]))[row.id])

@@ -337,8 +337,7 @@ class TrackerStore:
             where=ins.excluded.step >= latest_metrics.c.step,
         )
         columns = ("run_id", "key", "step", "value", "timestamp")
-        async with db.transaction(self.sessions) as s:
-            conn = await s.connection()
+        async with self.engine.begin() as conn:  # a bare connection: no ORM session needed
             if self.dialect == "postgresql":
                 # COPY is several times faster than a multi-row INSERT for a batch of points.
                 raw = (await conn.get_raw_connection()).driver_connection
@@ -350,7 +349,9 @@ class TrackerStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
-            await s.execute(upsert, [dict(zip(columns, r, strict=True)) for r in latest.values()])
+            await conn.execute(
+                upsert, [dict(zip(columns, r, strict=True)) for r in latest.values()]
+            )
         return len(rows)
 
     async def history(
@@ -366,7 +367,7 @@ class TrackerStore:
             )
         where = and_(metrics.c.run_id == run_id, metrics.c.key == key)
         base = select(metrics.c.step, metrics.c.value, metrics.c.timestamp).where(where)
-        async with self.sessions() as s:
+        async with self.engine.connect() as s:
             total = 0
             if max_points and max_points > 0:
                 total = (await s.execute(select(func.count()).where(where))).scalar_one()
