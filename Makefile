@@ -40,12 +40,13 @@ bench: setup
 	$(PY) bench/dsl_parse.py
 	$(PY) bench/codegen.py
 	$(PY) bench/grpc_overhead.py
+	$(PY) bench/tracker_ingest.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
 # distribution is also called neural-dsl, so it cannot share .venv with ours).
 bench-deps:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install --quiet neural-dsl==0.2.9 plotly
+	.venv-bench/bin/python -m pip install --quiet neural-dsl==0.2.9 plotly mlflow==3.17.2
 
 # The whole local stack (Ctrl-C stops it); see scripts/run_stack.py for the settings it reads.
 run: setup

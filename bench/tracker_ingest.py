@@ -29,6 +29,35 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 
+# Runs in .venv-bench against a local MLflow tracking server: the same workload.
+MLFLOW_CLIENT = r"""
+import json, sys, time
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+uri, points, history = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = MlflowClient(uri)
+exp = c.create_experiment(f"bench-{time.time()}")
+run = c.create_run(exp).info.run_id
+now = int(time.time() * 1000)
+t0 = time.perf_counter()
+for s in range(0, points, 1000):
+    c.log_batch(run, metrics=[Metric("loss", 1.0 / (i + 1), now, i) for i in range(s, s + 1000)])
+batch = points / (time.perf_counter() - t0)
+run2 = c.create_run(exp).info.run_id
+singles = 100
+t0 = time.perf_counter()
+for i in range(singles):
+    c.log_metric(run2, "acc", 0.5, step=i)
+single = singles / (time.perf_counter() - t0)
+run3 = c.create_run(exp).info.run_id
+for s in range(0, history, 1000):
+    c.log_batch(run3, metrics=[Metric("h", 0.1, now, i) for i in range(s, s + 1000)])
+t0 = time.perf_counter()
+got = len(c.get_metric_history(run3, "h"))
+hist = time.perf_counter() - t0
+print(json.dumps({"batch": batch, "single": single, "history_s": hist, "history_points": got}))
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -105,6 +134,17 @@ async def workload(port: int, key: str, points: int) -> dict[str, float]:
                 metadata=md,
             )
         out["single_calls_per_s"] = singles / (time.perf_counter() - t0)
+
+        run4 = await new_run()
+        for s in range(0, 10_000, 1000):
+            await t.LogMetrics(batch(run4, s), metadata=md)
+        t0 = time.perf_counter()
+        r = await t.GetMetricHistory(
+            tracker_pb2.GetMetricHistoryRequest(run_id=run4, key="loss", page_size=10_000),
+            metadata=md,
+        )
+        out["history_10k_s"] = time.perf_counter() - t0
+        assert len(r.metrics) == 10_000
 
         t0 = time.perf_counter()
         got, token = 0, ""
@@ -204,8 +244,54 @@ def show(label: str, r: dict[str, float]) -> None:
         f"{label:10s} LogMetrics(1000) {r['batch_points_per_s']:9,.0f} pts/s   "
         f"stream {r['stream_points_per_s']:9,.0f} pts/s   "
         f"single {r['single_calls_per_s']:6,.0f} calls/s   "
-        f"history {r['history_points']:,.0f} pts in {r['history_read_s']:.2f} s"
+        f"history 10k {r['history_10k_s'] * 1e3:5.0f} ms, "
+        f"{r['history_points']:,.0f} pts in {r['history_read_s']:.2f} s"
     )
+
+
+def mlflow_baseline(points: int) -> dict[str, float] | None:
+    """The same workload against `mlflow server` with a SQLite backend, or None."""
+    if (
+        not BENCH_PY.exists()
+        or subprocess.run([str(BENCH_PY), "-c", "import mlflow"], capture_output=True).returncode
+    ):
+        return None
+    import json
+
+    tmp = Path(tempfile.mkdtemp(prefix="neural-mlflow-"))
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(BENCH_PY.parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(tmp / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, 120)
+        time.sleep(2)
+        proc = subprocess.run(
+            [str(BENCH_PY), "-c", MLFLOW_CLIENT, f"http://127.0.0.1:{port}", str(points), "10000"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+        )
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def main() -> int:
@@ -228,11 +314,21 @@ def main() -> int:
         )
     finally:
         asyncio.run(drop(name))
-    if (
-        not BENCH_PY.exists()
-        or subprocess.run([str(BENCH_PY), "-c", "import mlflow"], capture_output=True).returncode
-    ):
+    ml = mlflow_baseline(min(args.points, 20_000))
+    if ml is None:
         print("mlflow not installed in .venv-bench (make bench-deps): no MLflow ratio")
+        return 0
+    print(
+        f"mlflow     log_batch(1000) {ml['batch']:9,.0f} pts/s   single {ml['single']:6,.1f} "
+        f"calls/s   history 10k {ml['history_s'] * 1e3:5.0f} ms"
+    )
+    for label, r in (("sqlite", sqlite), ("postgres", pg)):
+        print(
+            f"ours/mlflow on {label:8s}: ingest {r['batch_points_per_s'] / ml['batch']:6.1f}x "
+            f"(stream {r['stream_points_per_s'] / ml['batch']:6.1f}x), single calls "
+            f"{r['single_calls_per_s'] / ml['single']:6.1f}x, history 10k "
+            f"{ml['history_s'] / r['history_10k_s']:6.1f}x faster"
+        )
     return 0
 
 

@@ -395,16 +395,22 @@ class TrackerStore:
                 # history costs the same per page from the first to the last. The token keeps
                 # how many points at the page's last step were already sent (steps may repeat).
                 last_step, skip = pagination.decode(token) if token else (None, 0)  # type: ignore[misc]
-                query = base
+                # Plain SQL on the (run, key, step, timestamp) index: no sort, no ORM rows.
+                mark = "?" if self.dialect == "sqlite" else "$"
+                args: list[Any] = [run_id, key]
+                sql = (
+                    "SELECT step, value, timestamp FROM tracker_metrics "
+                    f"WHERE run_id = {_p(mark, 1)} AND key = {_p(mark, 2)}"
+                )
                 if last_step is not None:
-                    query = query.where(metrics.c.step >= int(last_step))
-                rows = (
-                    await s.execute(
-                        query.order_by(metrics.c.step, metrics.c.timestamp)
-                        .offset(int(skip))
-                        .limit(size + 1)
-                    )
-                ).all()
+                    args.append(int(last_step))
+                    sql += f" AND step >= {_p(mark, 3)}"
+                args += [size + 1, int(skip)]
+                sql += (
+                    f" ORDER BY step, timestamp LIMIT {_p(mark, len(args) - 1)} "
+                    f"OFFSET {_p(mark, len(args))}"
+                )
+                rows = (await s.exec_driver_sql(sql, tuple(args))).all()
                 more = len(rows) > size
                 page = rows[:size]
                 next_token = ""
@@ -494,6 +500,11 @@ class TrackerStore:
         async with self.sessions() as s:
             rows = (await s.execute(query.order_by(*columns).offset(offset).limit(n + 1))).all()
         return rows[:n], pagination.encode(("o", offset + n)) if len(rows) > n else ""
+
+
+def _p(mark: str, n: int) -> str:
+    """The n-th bound parameter in the driver's style (sqlite `?`, asyncpg `$n`)."""
+    return "?" if mark == "?" else f"${n}"
 
 
 def _text_op(column: Any, op: str, value: str) -> Any:

@@ -82,7 +82,7 @@ metrics = Table(
     Column("step", BigInteger, nullable=False),
     Column("value", Float, nullable=False),
     Column("timestamp", BigInteger, nullable=False),  # milliseconds since the epoch
-    Index("ix_tracker_metrics_run_key_step", "run_id", "key", "step"),
+    Index("ix_tracker_metrics_run_key_step", "run_id", "key", "step", "timestamp"),
 )
 
 latest_metrics = Table(

@@ -64,7 +64,9 @@ def upgrade() -> None:
         sa.Column("value", sa.Float, nullable=False),
         sa.Column("timestamp", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_tracker_metrics_run_key_step", "tracker_metrics", ["run_id", "key", "step"])
+    op.create_index(
+        "ix_tracker_metrics_run_key_step", "tracker_metrics", ["run_id", "key", "step", "timestamp"]
+    )
     op.create_table(
         "tracker_latest_metrics",
         sa.Column("run_id", sa.String(36), _run_fk(), primary_key=True),
