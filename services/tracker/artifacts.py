@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -45,8 +45,15 @@ def clean_path(path: str, allow_root: bool = False) -> str:
 
 class ArtifactStore(Protocol):
     async def write(
-        self, run_id: str, path: str, chunks: AsyncIterator[bytes], sha256: str, total: int
-    ) -> tuple[int, str]: ...
+        self,
+        run_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        declared: Callable[[], tuple[str, int]],
+    ) -> tuple[int, str]:
+        """Stream into a temporary file; `declared()` (the sha256 and size the client sent,
+        known only once the stream ends) must match before the file appears at `path`."""
+        ...
 
     def open(self, run_id: str, path: str) -> Path: ...
 
@@ -70,8 +77,14 @@ class LocalArtifactStore:
         return target
 
     async def write(
-        self, run_id: str, path: str, chunks: AsyncIterator[bytes], sha256: str, total: int
+        self,
+        run_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        declared: Callable[[], tuple[str, int]],
     ) -> tuple[int, str]:
+        """Stream into a temporary file; `declared()` (the sha256 and size the client sent,
+        known only once the stream ends) must match before the file appears at `path`."""
         target = self._path(run_id, path)
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -85,6 +98,7 @@ class LocalArtifactStore:
                         raise ResourceExhausted(f"artifact over {self.max_bytes} bytes")
                     digest.update(data)
                     f.write(data)
+            sha256, total = declared()
             if total and size != total:
                 raise InvalidArgument(
                     f"upload ended after {size} of {total} bytes",
