@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -560,4 +559,4 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-__all__ = ["METHOD_ROLES", "SERVICE", "TrackerService", "math"]
+__all__ = ["METHOD_ROLES", "SERVICE", "TrackerService"]
