@@ -75,7 +75,7 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(port)
 
 
-async def workload(port: int, key: str, points: int) -> dict[str, float]:
+async def workload(port: int, key: str, points: int, scale: bool) -> dict[str, float]:
     from neural.v1 import tracker_pb2, tracker_pb2_grpc
 
     md = (("authorization", f"Bearer {key}"),)
@@ -161,6 +161,40 @@ async def workload(port: int, key: str, points: int) -> dict[str, float]:
                 break
         out["history_read_s"] = time.perf_counter() - t0
         out["history_points"] = got
+
+        if scale:
+            # A million points over 100 runs, then the two queries that must stay fast.
+            runs_ = [await new_run() for _ in range(100)]
+            for i, rid in enumerate(runs_):
+                reqs = [
+                    tracker_pb2.LogMetricsRequest(
+                        run_id=rid,
+                        metrics=[
+                            tracker_pb2.Metric(key="loss", value=(i + 1) / (j + 1), step=j)
+                            for j in range(s, s + 1000)
+                        ],
+                    )
+                    for s in range(0, 10_000, 1000)
+                ]
+                await t.StreamMetrics(iter(reqs), metadata=md)
+            t0 = time.perf_counter()
+            r = await t.GetMetricHistory(
+                tracker_pb2.GetMetricHistoryRequest(run_id=runs_[50], key="loss", page_size=10_000),
+                metadata=md,
+            )
+            out["million_history_10k_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            found = await t.SearchRuns(
+                tracker_pb2.SearchRunsRequest(
+                    experiment_ids=[exp.id],
+                    filter="metrics.loss < 0.005",
+                    order_by=["metrics.loss"],
+                    page_size=100,
+                ),
+                metadata=md,
+            )
+            out["million_search_s"] = time.perf_counter() - t0
+            out["million_search_hits"] = len(found.runs)
     return out
 
 
@@ -181,7 +215,7 @@ async def raw_asyncpg(dsn: str, points: int) -> float:
         await conn.close()
 
 
-def run_backend(name: str, database_url: str, points: int) -> dict[str, float]:
+def run_backend(name: str, database_url: str, points: int, scale: bool) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-bench-"))
     port = free_port()
     env = {
@@ -219,7 +253,7 @@ def run_backend(name: str, database_url: str, points: int) -> dict[str, float]:
     server = subprocess.Popen([sys.executable, "-m", "services.tracker"], env=env, cwd=ROOT)
     try:
         wait_port(port)
-        return asyncio.run(workload(port, key, points))
+        return asyncio.run(workload(port, key, points, scale))
     finally:
         server.terminate()
         server.wait(30)
@@ -240,6 +274,12 @@ async def drop(name: str) -> None:
 
 
 def show(label: str, r: dict[str, float]) -> None:
+    if "million_search_s" in r:
+        print(
+            f"{label:10s} at 1M+ points: history 10k {r['million_history_10k_s'] * 1e3:.0f} ms, "
+            f"SearchRuns {r['million_search_s'] * 1e3:.0f} ms "
+            f"({r['million_search_hits']:.0f} runs)"
+        )
     print(
         f"{label:10s} LogMetrics(1000) {r['batch_points_per_s']:9,.0f} pts/s   "
         f"stream {r['stream_points_per_s']:9,.0f} pts/s   "
@@ -297,14 +337,24 @@ def mlflow_baseline(points: int) -> dict[str, float] | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=100_000)
+    ap.add_argument(
+        "--million",
+        action="store_true",
+        help="also load 1,000,000 points and time history and search on them",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-sqlite-"))
-    sqlite = run_backend("sqlite", f"sqlite+aiosqlite:///{tmp / 'bench.db'}", args.points)
+    sqlite = run_backend(
+        "sqlite", f"sqlite+aiosqlite:///{tmp / 'bench.db'}", args.points, args.million
+    )
     show("sqlite", sqlite)
     name, dsn = asyncio.run(pg_database())
     try:
         pg = run_backend(
-            "postgres", dsn.replace("postgresql://", "postgresql+asyncpg://"), args.points
+            "postgres",
+            dsn.replace("postgresql://", "postgresql+asyncpg://"),
+            args.points,
+            args.million,
         )
         show("postgres", pg)
         raw = asyncio.run(raw_asyncpg(dsn, args.points))
