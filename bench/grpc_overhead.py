@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,15 +22,10 @@ import time
 from pathlib import Path
 
 import grpc
+from ports import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = 'network Small {\n  input: (16)\n  layers:\n    Dense(32, "relu")\n    Output(4)\n}\n'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def echo_server(port: int) -> None:
@@ -68,16 +62,6 @@ async def measure(call, payload, total: int, concurrency: int) -> tuple[float, f
         statistics.median(latencies) * 1e3,
         latencies[int(len(latencies) * 0.99) - 1] * 1e3,
     )
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 async def run(requests: int, echo_port: int, port: int, key: str, model_id: str) -> None:

@@ -336,6 +336,25 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
     def _direction(self, key: str, directions: Any) -> int:
         return directions.get(key) or compare.default_direction(key)
 
+    def _fill_best(
+        self, target: Any, per_key: dict[str, dict[str, compare.Summary]], directions: Any
+    ) -> None:
+        """target[key] = the best run of each metric key, by that key's direction."""
+        for key, summaries in per_key.items():
+            direction = self._direction(key, directions)
+            best = compare.best_run(summaries, direction)
+            if best:
+                run_id, summary = best
+                target[key].CopyFrom(
+                    tracker_pb2.BestRun(
+                        metric_key=key,
+                        run_id=run_id,
+                        value=summary.best,
+                        step=summary.best_step,
+                        direction=direction,
+                    )
+                )
+
     async def CompareRuns(self, request: Any, context: Any) -> Any:
         ids = list(dict.fromkeys(request.run_ids))
         if not 2 <= len(ids) <= 100:
@@ -363,19 +382,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 )
                 per_key[key][row.id] = s
                 cmp_.metrics[key].CopyFrom(tracker_pb2.MetricSummary(**vars(s)))
-        for key, summaries in per_key.items():
-            direction = self._direction(key, request.directions)
-            best = compare.best_run(summaries, direction)
-            if best:
-                out.best_runs[key].CopyFrom(
-                    tracker_pb2.BestRun(
-                        metric_key=key,
-                        run_id=best[0],
-                        value=best[1].best,
-                        step=best[1].best_step,
-                        direction=direction,
-                    )
-                )
+        self._fill_best(out.best_runs, per_key, request.directions)
         param_keys = {k for r in rows for k in details[r.id]["params"]}
         out.differing_params.extend(
             sorted(k for k in param_keys if len({details[r.id]["params"].get(k) for r in rows}) > 1)
@@ -413,32 +420,8 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                     )
                     per_key.setdefault(key, {})[run_id] = s
                     overall.setdefault(key, {})[run_id] = s
-            for key, summaries in per_key.items():
-                direction = self._direction(key, request.directions)
-                best = compare.best_run(summaries, direction)
-                if best:
-                    cmp_.best_runs[key].CopyFrom(
-                        tracker_pb2.BestRun(
-                            metric_key=key,
-                            run_id=best[0],
-                            value=best[1].best,
-                            step=best[1].best_step,
-                            direction=direction,
-                        )
-                    )
-        for key, summaries in overall.items():
-            direction = self._direction(key, request.directions)
-            best = compare.best_run(summaries, direction)
-            if best:
-                out.best_runs[key].CopyFrom(
-                    tracker_pb2.BestRun(
-                        metric_key=key,
-                        run_id=best[0],
-                        value=best[1].best,
-                        step=best[1].best_step,
-                        direction=direction,
-                    )
-                )
+            self._fill_best(cmp_.best_runs, per_key, request.directions)
+        self._fill_best(out.best_runs, overall, request.directions)
         return out
 
     async def PlotMetrics(self, request: Any, context: Any) -> Any:
