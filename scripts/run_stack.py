@@ -8,6 +8,7 @@ unless NEURAL_DATABASE_URL is set, and the artifact storage.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,11 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# (name, server module, Dramatiq worker module or None, default port)
+# (name, server module, Dramatiq worker module or None, worker threads, default port)
 SERVICES = [
-    ("compiler", "services.compiler", "services.compiler.worker", 50051),
-    ("tracker", "services.tracker", None, 50053),
+    ("tracker", "services.tracker", None, 0, 50053),
+    ("compiler", "services.compiler", "services.compiler.worker", 2, 50051),
+    # one training at a time per worker process: a job uses every core it is given
+    ("trainer", "services.trainer", "services.trainer.worker", 1, 50052),
 ]
+WORKER_METRICS_PORT = 9191  # Dramatiq's Prometheus exporter in the training worker
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
@@ -42,6 +46,9 @@ def main() -> int:
     data = Path(env.setdefault("NEURAL_DATA_DIR", str(ROOT / ".run"))).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # Workers act for a job's owner with short-lived tokens signed by this secret.
+    env.setdefault("NEURAL_JWT_SECRET", secrets.token_urlsafe(32))
+    env.setdefault("dramatiq_prom_port", str(WORKER_METRICS_PORT))
     procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(name: str, args: list[str]) -> subprocess.Popen:
@@ -94,13 +101,13 @@ def main() -> int:
                 return 1
             env["NEURAL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         endpoints = []
-        for name, module, worker, default_port in SERVICES:
+        for name, module, worker, threads, default_port in SERVICES:
             port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
             proc = start(name, [sys.executable, "-m", module])
             if worker:
                 start(
                     f"{name}-worker",
-                    [str(BIN / "dramatiq"), worker, "--processes", "1", "--threads", "2"],
+                    [str(BIN / "dramatiq"), worker, "--processes", "1", "--threads", str(threads)],
                 )
             if not wait_port(port, proc):
                 print(f"{name} did not start (see {data / (name + '.log')})", file=sys.stderr)
@@ -111,6 +118,7 @@ def main() -> int:
             )
         print("Neural platform is running:", flush=True)
         print("\n".join(endpoints))
+        print(f"  workers    metrics http://127.0.0.1:{env['dramatiq_prom_port']}/metrics")
         print(f"  redis      {env['NEURAL_REDIS_URL']}")
         print(
             f"  database   {env.get('NEURAL_DATABASE_URL') or 'sqlite: ' + str(data / 'neural.db')}"

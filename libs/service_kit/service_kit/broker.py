@@ -14,7 +14,11 @@ def setup_broker(settings: Settings) -> RedisBroker:
     """Set (once per process) the global broker that actors declare themselves on."""
     global _broker
     if _broker is None:
-        _broker = RedisBroker(url=settings.redis_url)
+        _broker = RedisBroker(
+            url=settings.redis_url,
+            heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
+            maintenance_chance=settings.broker_maintenance_chance,
+        )
         dramatiq.set_broker(_broker)
     return _broker
 

@@ -6,6 +6,7 @@ caller learns nothing of the inside."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -66,3 +67,16 @@ class ResourceExhausted(ServiceError):
 class Unavailable(ServiceError):
     def __init__(self, message: str) -> None:
         super().__init__(message, grpc.StatusCode.UNAVAILABLE)
+
+
+def program_invalid(exc: Any) -> InvalidArgument:
+    """A Neural DSL program's errors (a neural_dsl.DSLError) as INVALID_ARGUMENT, with one
+    BadRequest violation per diagnostic and the first one's line:column in the message."""
+    first = exc.first
+    return InvalidArgument(
+        f"{first.line}:{first.column}: {first.message}",
+        [
+            FieldViolation(f"source:{d.line}:{d.column}", f"{d.stage}: {d.message}")
+            for d in exc.errors
+        ],
+    )

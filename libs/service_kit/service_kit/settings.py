@@ -45,10 +45,17 @@ class Settings:
     log_level: str = "INFO"
     max_message_bytes: int = 8 * 1024 * 1024
     max_source_bytes: int = 1_000_000
+    max_upload_bytes: int = 512 * 1024 * 1024  # one uploaded file (dataset, artifact)
     grace_seconds: int = 10
     # Envoy or a test may turn authentication off; never the default.
     auth_disabled: bool = False
     worker_timeout_ms: int = 1000
+    # How soon the broker gives a dead worker's unacknowledged messages to another worker.
+    broker_heartbeat_timeout_ms: int = 15_000
+    broker_maintenance_chance: int = 10_000  # broker commands per million that do maintenance
+    # Training jobs: at most this long each; how many a worker process runs at once.
+    training_time_limit_s: int = 6 * 3600
+    worker_threads: int = 1
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -89,7 +96,20 @@ def load(service: str) -> Settings:
         log_level=level,
         max_message_bytes=_int("NEURAL_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 1024, 256 << 20),
         max_source_bytes=_int("NEURAL_MAX_SOURCE_BYTES", 1_000_000, 100, 16 << 20),
+        max_upload_bytes=_int("NEURAL_MAX_UPLOAD_BYTES", 512 << 20, 1024, 1 << 40),
         grace_seconds=_int("NEURAL_GRACE_SECONDS", 10, 0, 600),
         auth_disabled=env.get("NEURAL_AUTH_DISABLED", "") == "1",
         worker_timeout_ms=_int("NEURAL_WORKER_TIMEOUT_MS", 1000, 10, 600_000),
+        broker_heartbeat_timeout_ms=_int(
+            "NEURAL_BROKER_HEARTBEAT_TIMEOUT_MS", 15_000, 1000, 3_600_000
+        ),
+        broker_maintenance_chance=_int("NEURAL_BROKER_MAINTENANCE_CHANCE", 10_000, 1, 1_000_000),
+        training_time_limit_s=_int("NEURAL_TRAINING_TIME_LIMIT_S", 6 * 3600, 1, 7 * 86400),
+        worker_threads=_int("NEURAL_WORKER_THREADS", 1, 1, 64),
     )
+
+
+def service_address(name: str) -> str:
+    """Where another service listens: NEURAL_<NAME>_ADDRESS, else localhost and its port."""
+    default = f"127.0.0.1:{DEFAULT_PORTS[name]}"
+    return os.environ.get(f"NEURAL_{name.upper()}_ADDRESS", default)

@@ -1,0 +1,1 @@
+"""The trainer service: training and hyperparameter-search jobs run by Dramatiq workers."""

@@ -1,0 +1,72 @@
+"""Wiring of the trainer: settings, database, migrations, broker, actors and the servicer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from neural.v1 import trainer_pb2_grpc
+from neural_dsl import Limits
+from service_kit import db, webhooks
+from service_kit.auth import AuthStore
+from service_kit.broker import redis_ping, setup_broker
+from service_kit.jobs import JobStore
+from service_kit.server import ServiceSpec
+from service_kit.settings import Settings, service_address
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import tables
+from .service import METHOD_ROLES, SERVICE, TrainerService
+from .uploads import DatasetStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_trainer"
+
+
+@dataclass
+class App:
+    engine: AsyncEngine
+    auth: AuthStore
+    jobs: JobStore
+    spec: ServiceSpec
+
+
+async def build(settings: Settings) -> App:
+    engine = db.make_engine(settings.database_url)
+    auth = AuthStore(engine, settings.jwt_secret)
+    await auth.migrate()
+    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    setup_broker(settings)
+    from . import worker  # the actors, declared on the broker just set up
+
+    jobs = JobStore(engine, tables.jobs, settings.redis_url, worker.sender)
+    store = DatasetStore(engine, settings.storage_dir, settings.max_upload_bytes)
+
+    async def deliveries(job_id: str) -> list:
+        found = await worker.sender.deliveries(jobs.sessions, [job_id])
+        return [webhooks.to_proto(d) for d in found.get(job_id, [])]
+
+    service = TrainerService(
+        jobs,
+        store,
+        Limits(max_source_bytes=settings.max_source_bytes),
+        {"train_model": worker.train_model, "search_model": worker.search_model},
+        service_address("compiler"),
+        settings.redis_url,
+        webhooks.validate,
+        deliveries,
+    )
+
+    async def database_up() -> bool:
+        return await db.ping(engine)
+
+    async def redis_up() -> bool:
+        return await redis_ping(settings.redis_url)
+
+    spec = ServiceSpec(
+        "trainer",
+        [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, service, SERVICE)],
+        METHOD_ROLES,
+        health_checks=[database_up, redis_up],
+    )
+    return App(engine, auth, jobs, spec)

@@ -1,0 +1,356 @@
+"""One attempt at one job: load, train in a thread, log to the tracker, report, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from neural_dsl import DSLError, Limits
+from service_kit import db
+from service_kit.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, JobStore, now
+from service_kit.settings import Settings, service_address
+from service_kit.webhooks import WebhookSender
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import plan, tables, training
+from .datasets import Arrays, DatasetError
+from .plan import TrainingRequest
+from .tracking import FAILED as RUN_FAILED
+from .tracking import FINISHED as RUN_FINISHED
+from .tracking import KILLED as RUN_KILLED
+from .tracking import TrackerClient, owner_token
+from .uploads import DatasetStore
+
+PROGRESS_EVERY_S = 1.0  # batch-level progress updates, at most this often
+CANCEL_POLL_S = 0.25
+
+
+class TimeLimitExceeded(Exception):
+    pass
+
+
+class JobFailed(Exception):
+    """The caller's mistake (program, data, settings): fail once, never retry."""
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    jobs: JobStore
+    datasets: DatasetStore
+
+    @classmethod
+    def open(cls, settings: Settings, sender: WebhookSender | None = None) -> Resources:
+        engine = db.make_engine(settings.database_url)
+        return cls(
+            settings,
+            engine,
+            JobStore(engine, tables.jobs, settings.redis_url, sender),
+            DatasetStore(engine, settings.storage_dir, 0),
+        )
+
+    def workdir(self, job_id: str) -> Path:
+        return self.settings.storage_dir / "training" / job_id
+
+    def tracker(self, owner: str) -> TrackerClient:
+        return TrackerClient(
+            service_address("tracker"), owner_token(self.settings.jwt_secret, owner)
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.jobs.redis.aclose()
+        await self.engine.dispose()
+
+
+def _params(
+    req: TrainingRequest, spec: training.TrainSpec, job_id: str, hparams: dict[str, Any]
+) -> dict[str, str]:
+    params = {
+        "backend": req.backend,
+        "dataset": req.dataset_label(),
+        "epochs": str(spec.epochs),
+        "batch_size": str(spec.batch_size),
+        "validation_split": str(spec.validation_split),
+        "learning_rate": "" if spec.learning_rate is None else repr(spec.learning_rate),
+        "job_id": job_id,
+    }
+    if req.model_id:
+        params["model_id"] = req.model_id
+    params.update({f"hparams.{k}": str(v) for k, v in hparams.items()})
+    return {k: v[:500] for k, v in params.items() if v != ""}
+
+
+class Reporter(training.Callbacks):
+    """The training thread's callbacks, which hand their I/O to the event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        cancel: threading.Event,
+        deadline: float,
+        steps_per_epoch: int,
+        epochs: int,
+        on_epoch: Callable[[training.EpochResult], Any],
+        on_progress: Callable[[int, int, float, float], Any],
+    ) -> None:
+        self.loop = loop
+        self.cancel = cancel
+        self.deadline = deadline
+        self.steps = max(1, steps_per_epoch)
+        self.epochs = epochs
+        self._on_epoch = on_epoch
+        self._on_progress = on_progress
+        self._last = 0.0
+        self._pending: Any = None
+
+    def should_stop(self) -> bool:
+        if time.monotonic() > self.deadline:
+            raise TimeLimitExceeded("the job ran past its time limit")
+        return self.cancel.is_set()
+
+    def on_batch(self, epoch: int, step: int, loss: float) -> None:
+        t = time.monotonic()
+        if t - self._last < PROGRESS_EVERY_S or (self._pending and not self._pending.done()):
+            return  # never wait on the database from inside the training loop
+        self._last = t
+        done = (epoch - 1 + min(step, self.steps) / self.steps) / self.epochs
+        self._pending = asyncio.run_coroutine_threadsafe(
+            self._on_progress(epoch, step, loss, done), self.loop
+        )
+
+    def on_epoch(self, result: training.EpochResult) -> None:
+        # waits: the epoch's metrics reach the tracker in order, before the next epoch
+        asyncio.run_coroutine_threadsafe(self._on_epoch(result), self.loop).result(timeout=120)
+
+
+class JobRunner:
+    def __init__(self, res: Resources, job_id: str) -> None:
+        self.res = res
+        self.jobs = res.jobs
+        self.job_id = job_id
+        self.details: dict[str, Any] = {}
+
+    async def run(self, kind: str) -> None:
+        rec = await self.jobs.get(self.job_id)
+        if rec.state in TERMINAL:
+            return  # cancelled while queued, or a redelivery of a finished job
+        if rec.cancel_requested:
+            await self.jobs.update(self.job_id, "cancelled", state=CANCELLED, ended_at=now())
+            return
+        self.details = dict(rec.details)
+        self.owner = rec.owner
+        req = TrainingRequest.from_json(rec.request)
+        await self.jobs.update(
+            self.job_id,
+            "started",
+            "resumed" if rec.attempts else "",
+            state=RUNNING,
+            started_at=rec.started_at or now(),
+            attempts=rec.attempts + 1,
+        )
+        tracker = self.res.tracker(rec.owner)
+        try:
+            if kind == "search":
+                from .search import run_search
+
+                await run_search(self, req, tracker)
+            else:
+                await self.train(req, tracker)
+        except JobFailed as exc:
+            await self._end(FAILED, "failed", str(exc), tracker, RUN_FAILED, error=str(exc))
+        except training.Cancelled:
+            await self._end(CANCELLED, "cancelled", "cancelled", tracker, RUN_KILLED)
+        except TimeLimitExceeded as exc:
+            await self._end(FAILED, "failed", str(exc), tracker, RUN_FAILED, error=str(exc))
+        finally:
+            await tracker.close()
+
+    # ------------------------------------------------------------------ parts
+    def prepare(
+        self, req: TrainingRequest, hparams: dict[str, Any]
+    ) -> tuple[Any, Arrays, training.TrainSpec]:
+        """Program, data and settings, checked; JobFailed names what is wrong."""
+        limits = Limits(max_source_bytes=self.res.settings.max_source_bytes)
+        try:
+            network = plan.network_of(req.source, req.network, limits)
+            data = plan.load_data(req, network, self._load_uploaded)
+            plan.check_fit(network, req.backend, hparams, data.x.shape[1:], data.num_classes)
+            spec = training.resolve_spec(
+                network,
+                req.backend,
+                epochs=req.epochs,
+                batch_size=req.batch_size,
+                learning_rate=req.learning_rate,
+                validation_split=req.validation_split,
+                hparams=hparams,
+            )
+        except DSLError as exc:
+            d = exc.first
+            raise JobFailed(f"{d.line}:{d.column}: {d.message}") from None
+        except (DatasetError, ValueError) as exc:
+            raise JobFailed(str(exc)) from None
+        return network, data, spec
+
+    def _load_uploaded(self, dataset_id: str) -> Arrays:
+        async def load() -> Arrays:
+            record = await self.res.datasets.get(dataset_id, self.owner)
+            return await asyncio.to_thread(self.res.datasets.load, record)
+
+        # called from a worker thread by plan.load_data
+        return asyncio.run_coroutine_threadsafe(load(), self.loop).result(timeout=600)
+
+    async def save_details(self, event: str = "progress", message: str = "", **values: Any) -> None:
+        await self.jobs.update(self.job_id, event, message, details=self.details, **values)
+
+    async def ensure_run(
+        self, tracker: TrackerClient, req: TrainingRequest, key: str, name: str, tags: dict
+    ) -> str:
+        """The tracker run recorded under details[key], created once (redeliveries reuse it)."""
+        if not self.details.get("experiment_id"):
+            self.details["experiment_id"] = await tracker.experiment_id(
+                req.experiment or plan.DEFAULT_EXPERIMENT
+            )
+        if not self.details.get(key):
+            self.details[key] = await tracker.create_run(
+                self.details["experiment_id"], name, self.job_id, tags
+            )
+            await self.save_details()
+        return self.details[key]
+
+    async def fit(
+        self,
+        tracker: TrackerClient,
+        run_id: str,
+        req: TrainingRequest,
+        hparams: dict[str, Any],
+        workdir: Path,
+        progress_span: tuple[float, float] = (0.0, 1.0),
+        onnx: bool = True,
+    ) -> training.TrainOutcome:
+        """Train one model, logging each epoch to `run_id` exactly once."""
+        self.loop = asyncio.get_running_loop()
+        network, data, spec = await asyncio.to_thread(self.prepare, req, hparams)
+        await tracker.log_params(run_id, _params(req, spec, self.job_id, hparams))
+        logged = await tracker.last_step(run_id, "loss")
+        low, high = progress_span
+
+        async def on_epoch(result: training.EpochResult) -> None:
+            nonlocal logged
+            if result.epoch > logged:
+                await tracker.log_metrics(run_id, result.epoch, result.metrics)
+                logged = result.epoch
+            self.details.update(epoch=result.epoch, step=0, metrics=result.metrics)
+            await self.save_details(
+                "progress",
+                f"epoch {result.epoch}/{spec.epochs}",
+                progress=low + (high - low) * result.epoch / spec.epochs,
+            )
+
+        async def on_progress(epoch: int, step: int, loss: float, done: float) -> None:
+            self.details.update(epoch=epoch, step=step)
+            self.details.setdefault("metrics", {})
+            with contextlib.suppress(Exception):  # progress is best effort
+                await self.jobs.update(
+                    self.job_id,
+                    "progress",
+                    f"epoch {epoch} step {step} loss {loss:.4f}",
+                    progress=low + (high - low) * done,
+                    details=self.details,
+                )
+
+        n_train = len(data.x) - int(len(data.x) * spec.validation_split)
+        cancel = threading.Event()
+        reporter = Reporter(
+            self.loop,
+            cancel,
+            time.monotonic() + self.res.settings.training_time_limit_s,
+            math.ceil(n_train / spec.batch_size),
+            spec.epochs,
+            on_epoch,
+            on_progress,
+        )
+        watcher = asyncio.create_task(self._watch_cancel(cancel))
+        try:
+            outcome = await asyncio.to_thread(
+                training.train, network, hparams, data, spec, workdir, reporter, onnx=onnx
+            )
+        finally:
+            watcher.cancel()
+        for result in outcome.history:  # epochs restored from a checkpoint the tracker lacks
+            if result.epoch > logged:
+                await tracker.log_metrics(run_id, result.epoch, result.metrics)
+                logged = result.epoch
+        return outcome
+
+    async def _watch_cancel(self, cancel: threading.Event) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a database blip must not stop training
+                if (await self.jobs.get(self.job_id)).cancel_requested:
+                    cancel.set()
+                    return
+            await asyncio.sleep(CANCEL_POLL_S)
+
+    async def train(self, req: TrainingRequest, tracker: TrackerClient) -> None:
+        run_id = await self.ensure_run(
+            tracker, req, "run_id", f"train-{self.job_id[:8]}", {"job_kind": "training"}
+        )
+        workdir = self.res.workdir(self.job_id)
+        outcome = await self.fit(tracker, run_id, req, dict(req.hparams), workdir)
+        files = [("model.neural", self._source_file(workdir, req.source))]
+        files.append((outcome.weights_path.name, outcome.weights_path))
+        if outcome.onnx_path is not None:
+            files.append(("model.onnx", outcome.onnx_path))
+        artifacts = await tracker.upload_all(run_id, files)
+        await tracker.set_status(run_id, RUN_FINISHED)
+        final = outcome.history[-1].metrics if outcome.history else {}
+        self.details.update(
+            metrics=final,
+            artifacts=artifacts,
+            device=outcome.device,
+            resumed_from=outcome.resumed_from,
+        )
+        await self.save_details(
+            "completed",
+            f"runs/{run_id}",
+            state=SUCCEEDED,
+            ended_at=now(),
+            progress=1.0,
+            result=f"runs/{run_id}",
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    @staticmethod
+    def _source_file(workdir: Path, source: str) -> Path:
+        path = workdir / "model.neural"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+        return path
+
+    async def _end(
+        self,
+        state: str,
+        event: str,
+        message: str,
+        tracker: TrackerClient,
+        run_status: int,
+        error: str = "",
+    ) -> None:
+        for key in ("run_id", "trial_run_id"):
+            run_id = self.details.get(key)
+            if run_id:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await tracker.set_status(run_id, run_status)
+        self.details.pop("trial_run_id", None)
+        await self.save_details(event, message, state=state, ended_at=now(), error=error)
+        shutil.rmtree(self.res.workdir(self.job_id), ignore_errors=True)
