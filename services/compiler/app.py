@@ -42,9 +42,10 @@ async def build(settings: Settings) -> App:
     auth = AuthStore(engine, settings.jwt_secret)
     await migrate(engine, auth)
     setup_broker(settings)
-    from .worker import compile_model  # the actor, declared on the broker just set up
+    # the actors, declared on the broker just set up
+    from .worker import compile_model, sender
 
-    jobs = JobStore(engine, tables.jobs, settings.redis_url)
+    jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
     registry = Registry(engine, settings.storage_dir)
     service = CompilerService(
         registry, jobs, Limits(max_source_bytes=settings.max_source_bytes), compile_model

@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import dramatiq
-import grpc
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from neural_dsl import DSLError, Limits, check
-from service_kit import errors
+from service_kit import errors, webhooks
 from service_kit.interceptors import principal
-from service_kit.jobs import JobStore
+from service_kit.jobs import JobRecord, JobStore
 
 from . import convert
 from .registry import BACKENDS, CompileInput, Registry, compile_artifact, invalid
@@ -78,6 +77,12 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
             request.network,
             request.name,
         )
+
+    async def _jobs(self, records: list[JobRecord], per_job: int = 50) -> list[common_pb2.Job]:
+        found = await self.jobs.deliveries([r.id for r in records], per_job)
+        return [
+            convert.job(r, [webhooks.to_proto(d) for d in found.get(r.id, [])]) for r in records
+        ]
 
     def _code(self, row: Any) -> str:
         if row.artifact_name != "model.py":
@@ -148,10 +153,8 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
 
     async def SubmitCompile(self, request: Any, context: Any) -> common_pb2.Job:
         req = self._input(request)
-        if request.webhooks:
-            raise errors.ServiceError(
-                "webhooks on compile jobs are not available yet", grpc.StatusCode.UNIMPLEMENTED
-            )
+        # secrets are kept in the job's request for the delivery actor; no response shows them
+        hooks = webhooks.validate(request.webhooks)
         rec = await self.jobs.create(
             "compile",
             req.owner,
@@ -161,6 +164,7 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
                 "hparams": req.hparams,
                 "network": req.network,
                 "name": req.name,
+                "webhooks": hooks,
             },
         )
         assert self.enqueue is not None
@@ -178,31 +182,25 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
         return convert.job(rec)
 
     async def GetCompileJob(self, request: Any, context: Any) -> common_pb2.Job:
-        return convert.job(await self.jobs.get(request.id, _owner_filter()))
+        return (await self._jobs([await self.jobs.get(request.id, _owner_filter())]))[0]
 
     async def ListCompileJobs(self, request: Any, context: Any) -> common_pb2.ListJobsResponse:
         state = convert.JOB_STATE_NAMES.get(request.state) if request.state else None
         records, token = await self.jobs.list(
             _owner_filter(), request.page_size, request.page_token, state
         )
+        # a page holds up to 1000 jobs: only the newest attempts of each
         return common_pb2.ListJobsResponse(
-            jobs=[convert.job(r) for r in records], next_page_token=token
+            jobs=await self._jobs(records, per_job=10), next_page_token=token
         )
 
     async def CancelCompileJob(self, request: Any, context: Any) -> common_pb2.Job:
-        return convert.job(await self.jobs.cancel(request.id, _owner_filter()))
+        return (await self._jobs([await self.jobs.cancel(request.id, _owner_filter())]))[0]
 
     async def WatchCompileJob(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for event, message, rec in self.jobs.watch(request.id, _owner_filter()):
-            yield common_pb2.JobEvent(
-                job_id=rec.id,
-                state=convert.JOB_STATES[rec.state],
-                type=event,
-                message=message,
-                progress=rec.progress,
-                time=convert.timestamp(rec.ended_at or rec.started_at or rec.created_at),
-                job=convert.job(rec),
-            )
+            found = (await self.jobs.deliveries([rec.id])).get(rec.id, [])
+            yield convert.event(rec, event, message, [webhooks.to_proto(d) for d in found])
 
     async def ListModels(self, request: Any, context: Any) -> compiler_pb2.ListModelsResponse:
         backend = convert.BACKEND_NAMES.get(request.backend, "") if request.backend else ""

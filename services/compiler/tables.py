@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service_kit.jobs import job_table
+from service_kit.webhooks import delivery_table
 from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, String, Table, Text
 
 metadata = MetaData()
@@ -30,3 +31,4 @@ models = Table(
 )
 
 jobs = job_table(metadata, "compiler")
+webhook_deliveries = delivery_table(metadata, "compiler")

@@ -1,4 +1,6 @@
-"""The compile worker: `dramatiq services.compiler.worker` pulls compile jobs from Redis.
+"""The compile worker: `dramatiq services.compiler.worker` pulls compile jobs from Redis, and
+the webhook deliveries of their events (queue `compiler.webhooks`; a separate worker may take
+those alone with `--queues compiler.webhooks`).
 
 A wrong program fails its job once, with its diagnostics; an infrastructure failure
 (database, Redis, disk) raises, and Dramatiq retries the message with backoff. Delivery is
@@ -14,7 +16,7 @@ import sys
 
 import dramatiq
 from neural_dsl import DSLError, Limits
-from service_kit import db, errors, logs
+from service_kit import db, errors, logs, webhooks
 from service_kit.broker import setup_broker
 from service_kit.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, JobStore, now
 from service_kit.settings import load
@@ -28,10 +30,15 @@ if "dramatiq" in os.path.basename(sys.argv[0]):  # started by the dramatiq CLI
     logs.setup("compiler-worker", settings.log_level)
 log = logging.getLogger("neural.compiler.worker")
 
+deliver_webhook = webhooks.declare_actor(
+    "compiler", settings.database_url, tables.jobs, tables.webhook_deliveries
+)
+sender = webhooks.WebhookSender(deliver_webhook, tables.webhook_deliveries)
+
 
 async def _run(job_id: str) -> None:
     engine = db.make_engine(settings.database_url)
-    jobs = JobStore(engine, tables.jobs, settings.redis_url)
+    jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
     registry = Registry(engine, settings.storage_dir)
     try:
         rec = await jobs.get(job_id)
@@ -48,7 +55,8 @@ async def _run(job_id: str) -> None:
             attempts=rec.attempts + 1,
             progress=0.1,
         )
-        req = CompileInput(owner=rec.owner, **rec.request)
+        fields = {k: v for k, v in rec.request.items() if k != "webhooks"}
+        req = CompileInput(owner=rec.owner, **fields)
         limits = Limits(max_source_bytes=settings.max_source_bytes)
         try:
             art = await asyncio.to_thread(compile_artifact, req, limits)

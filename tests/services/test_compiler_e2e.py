@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from service_kit.auth import AuthStore, Principal
 
 from tests.services.conftest import create_pg_database, drop_pg_database
+from tests.services.receiver import Receiver
 from tests.services.stack import VENV_BIN, Stack, make_stack
 
 REDIS_DB = 8
@@ -170,6 +172,63 @@ def test_async_compile_job_runs_on_the_worker(stack: Stack) -> None:
     assert last.state == common_pb2.JOB_STATE_FAILED
     assert "no value for hyperparameter 'layers.dense_1.units'" in last.job.error
     assert last.job.attempts == 1
+
+
+def test_compile_job_webhooks_get_signed_started_and_completed_events(stack: Stack) -> None:
+    s = stub(stack)
+    secret = "compile-hook-secret-0123456789"
+    with Receiver() as rx:
+        job = s.SubmitCompile(
+            compiler_pb2.CompileRequest(
+                source=MNIST,
+                backend=compiler_pb2.BACKEND_PYTORCH,
+                hparams=hparams(HP),
+                name="hooked",
+                webhooks=[common_pb2.Webhook(url=rx.url, secret=secret)],
+            ),
+            metadata=auth(stack),
+        )
+        assert secret.encode() not in job.SerializeToString()
+        list(s.WatchCompileJob(common_pb2.WatchJobRequest(id=job.id), metadata=auth(stack)))
+        accepted = rx.wait_accepted(2, timeout=60)
+    assert sorted(r.event for r in accepted) == ["completed", "started"]
+    for r in accepted:
+        assert r.signed_by(secret) and r.json()["job"]["id"] == job.id
+    completed = next(r.json() for r in accepted if r.event == "completed")
+    assert completed["job"]["state"] == "succeeded"
+    assert completed["job"]["result"].startswith("models/")
+    # the attempts are on the job (recorded just after each answer), never the secret
+    deadline = time.monotonic() + 30
+    while True:
+        done = s.GetCompileJob(common_pb2.GetJobRequest(id=job.id), metadata=auth(stack))
+        if len(done.webhook_deliveries) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    got = sorted((d.event, d.attempt, d.status_code, d.delivered) for d in done.webhook_deliveries)
+    assert got == [("completed", 1, 200, True), ("started", 1, 200, True)]
+    assert all(d.url == rx.url and d.time.seconds for d in done.webhook_deliveries)
+    listed = s.ListCompileJobs(common_pb2.ListJobsRequest(), metadata=auth(stack))
+    watched = list(s.WatchCompileJob(common_pb2.WatchJobRequest(id=job.id), metadata=auth(stack)))
+    for message in (done, listed, watched[-1]):
+        assert secret.encode() not in message.SerializeToString()
+    assert len(next(j for j in listed.jobs if j.id == job.id).webhook_deliveries) == 2
+    assert len(watched[-1].job.webhook_deliveries) == 2
+
+
+def test_bad_webhooks_are_invalid_argument_naming_the_field(stack: Stack) -> None:
+    err = error(
+        stub(stack).SubmitCompile,
+        compiler_pb2.CompileRequest(
+            source=MNIST,
+            backend=compiler_pb2.BACKEND_PYTORCH,
+            webhooks=[common_pb2.Webhook(url="file:///etc/passwd", secret="s" * 16)],
+        ),
+        metadata=auth(stack),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    assert rpc_status.from_call(err).details[0].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == ["webhooks[0].url"]
 
 
 def test_registry_lists_pages_and_deletes(stack: Stack) -> None:
@@ -413,8 +472,6 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, stack: Stack) -> None:
         metadata=auth(stack, "admin"),
         timeout=120,
     )
-    import time
-
     time.sleep(0.5)
     assert stack.stop("server") == 0
     assert future.result().model.name == "in-flight"  # the in-flight call was drained

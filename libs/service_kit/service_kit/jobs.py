@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from sqlalchemy import (
@@ -34,6 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import db, pagination
 from .errors import FailedPrecondition, NotFound
+
+if TYPE_CHECKING:
+    from .webhooks import Delivery, WebhookSender
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -115,11 +118,19 @@ def now() -> dt.datetime:
 
 
 class JobStore:
-    def __init__(self, engine: AsyncEngine, table: Table, redis_url: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        redis_url: str,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
         self.engine = engine
         self.table = table
         self.sessions = db.sessions(engine)
         self.redis_url = redis_url
+        # with a sender, every event is also queued for the job's webhooks (see webhooks.py)
+        self.webhooks = webhooks
         self._redis: aioredis.Redis | None = None
 
     @property
@@ -162,12 +173,19 @@ class JobStore:
         return _record(row)
 
     async def list(
-        self, owner: str | None, size: int, token: str, state: str | None = None
+        self,
+        owner: str | None,
+        size: int,
+        token: str,
+        state: str | None = None,
+        kind: str | None = None,
     ) -> tuple[list[JobRecord], str]:
         t = self.table
         query = select(t)
         if owner is not None:
             query = query.where(t.c.owner == owner)
+        if kind:
+            query = query.where(t.c.kind == kind)
         if state:
             query = query.where(t.c.state == state)
         rows, next_token = await pagination.newest_first(self.sessions, t, query, token, size)
@@ -182,6 +200,7 @@ class JobStore:
             await s.execute(update(self.table).where(self.table.c.id == job_id).values(**values))
         rec = await self.get(job_id)
         await self.publish(rec, event, message)
+        await self._notify(rec, event, message)
         return rec
 
     async def cancel(self, job_id: str, owner: str | None) -> JobRecord:
@@ -204,7 +223,18 @@ class JobStore:
         rec = await self.get(job_id)
         if rec.state == CANCELLED:
             await self.publish(rec, "cancelled", "cancelled before it started")
+            await self._notify(rec, "cancelled", "cancelled before it started")
         return rec
+
+    async def _notify(self, rec: JobRecord, event: str, message: str) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.job_event(self.sessions, rec, event, message)
+
+    async def deliveries(self, job_ids: list[str], per_job: int = 50) -> dict[str, list[Delivery]]:
+        """Each job's newest webhook delivery attempts, oldest first (none without a sender)."""
+        if self.webhooks is None:
+            return {}
+        return await self.webhooks.deliveries(self.sessions, job_ids, per_job)
 
     async def publish(self, rec: JobRecord, event: str, message: str = "") -> None:
         payload = {"id": rec.id, "event": event, "message": message, "state": rec.state}
