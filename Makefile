@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 STUBS := libs/neural_api/.generated
 PROTOS := $(wildcard protos/neural/v1/*.proto)
 
-.PHONY: setup test lint bench bench-deps clean run
+.PHONY: setup test lint bench bench-deps clean run demo
 
 setup: $(STAMP) $(STUBS)
 
@@ -51,6 +51,10 @@ bench-deps:
 # The whole local stack (Ctrl-C stops it); see scripts/run_stack.py for the settings it reads.
 run: setup
 	$(PY) scripts/run_stack.py
+
+# compile -> train (live progress) -> track, against `make run`'s stack or one of its own.
+demo: setup
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache .hypothesis

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from neural.v1 import trainer_pb2_grpc
 from neural_dsl import Limits
+from prometheus_client import REGISTRY
 from service_kit import db, webhooks
 from service_kit.auth import AuthStore
-from service_kit.broker import redis_ping, setup_broker
+from service_kit.broker import QueueDepth, redis_ping, setup_broker
 from service_kit.jobs import JobStore
 from service_kit.server import ServiceSpec
 from service_kit.settings import Settings, service_address
@@ -56,6 +58,9 @@ async def build(settings: Settings) -> App:
         webhooks.validate,
         deliveries,
     )
+
+    with contextlib.suppress(ValueError):  # already registered: build() ran before here
+        REGISTRY.register(QueueDepth(settings.redis_url, ["training", "trainer.webhooks"]))
 
     async def database_up() -> bool:
         return await db.ping(engine)

@@ -38,6 +38,24 @@ class TimeLimitExceeded(Exception):
     pass
 
 
+def infrastructure(exc: BaseException) -> bool:
+    """A failure of what the job runs on (network, database, Redis, disk), worth a retry."""
+    import redis
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.INTERNAL,
+        )
+    return isinstance(
+        exc, OSError | TimeoutError | redis.RedisError | OperationalError | DBAPIError
+    )
+
+
 class JobFailed(Exception):
     """The caller's mistake (program, data, settings): fail once, never retry."""
 
@@ -173,6 +191,12 @@ class JobRunner:
             await self._end(CANCELLED, "cancelled", "cancelled", tracker, RUN_KILLED)
         except TimeLimitExceeded as exc:
             await self._end(FAILED, "failed", str(exc), tracker, RUN_FAILED, error=str(exc))
+        except Exception as exc:
+            if infrastructure(exc):
+                raise  # Dramatiq retries the message with backoff
+            # anything else comes from the program itself (a layer torch rejects at run time)
+            why = f"training failed: {type(exc).__name__}: {exc}"
+            await self._end(FAILED, "failed", why, tracker, RUN_FAILED, error=why[:2000])
         finally:
             await tracker.close()
 
@@ -250,7 +274,9 @@ class JobRunner:
             if result.epoch > logged:
                 await tracker.log_metrics(run_id, result.epoch, result.metrics)
                 logged = result.epoch
-            self.details.update(epoch=result.epoch, step=0, metrics=result.metrics)
+            self.details.update(
+                epoch=result.epoch, epochs_done=result.epoch, step=0, metrics=result.metrics
+            )
             await self.save_details(
                 "progress",
                 f"epoch {result.epoch}/{spec.epochs}",

@@ -11,16 +11,17 @@ import time
 from pathlib import Path
 
 import grpc
-from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
+from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 from tests.conftest import ROOT
 from tests.services.conftest import free_port
 
 SOURCE = "network N {\n  input: (4)\n  layers:\n    Dense(3)\n}\n"
+TRAIN_SOURCE = SOURCE.replace("Dense(3)", "Output(3)\n  loss: sparse_categorical_crossentropy")
 
 
 def test_make_run_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port, trainer_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEURAL_")}
     env.update(
         {
@@ -29,7 +30,10 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             "NEURAL_COMPILER_METRICS_PORT": str(free_port()),
             "NEURAL_TRACKER_PORT": str(free_port()),
             "NEURAL_TRACKER_METRICS_PORT": str(free_port()),
+            "NEURAL_TRAINER_PORT": str(trainer_port),
+            "NEURAL_TRAINER_METRICS_PORT": str(free_port()),
             "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
+            "dramatiq_prom_port": str(free_port()),
             "PYTHONPATH": str(ROOT),
         }
     )
@@ -83,10 +87,31 @@ def test_make_run_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             stub.WatchCompileJob(common_pb2.WatchJobRequest(id=job.id), metadata=md, timeout=60)
         )[-1]
         assert last.state == common_pb2.JOB_STATE_SUCCEEDED
+        # the training worker trains and logs to the tracker it found through the stack
+        trainer = trainer_pb2_grpc.TrainerServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{trainer_port}")
+        )
+        job = trainer.SubmitTraining(
+            trainer_pb2.SubmitTrainingRequest(
+                source=TRAIN_SOURCE,
+                dataset=trainer_pb2.DatasetSpec(
+                    synthetic=trainer_pb2.SyntheticDataset(num_samples=64, num_classes=3)
+                ),
+                epochs=1,
+            ),
+            metadata=md,
+        )
+        last = list(
+            trainer.WatchTrainingJob(
+                common_pb2.WatchJobRequest(id=job.id), metadata=md, timeout=120
+            )
+        )[-1]
+        assert last.job.state == common_pb2.JOB_STATE_SUCCEEDED, last.job.error
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
-        assert "stopped compiler" in out and "stopped tracker" in out and "stopped redis" in out
+        for name in ("compiler", "tracker", "trainer", "trainer-worker", "redis"):
+            assert f"stopped {name}" in out, out
     finally:
         if proc.poll() is None:
             proc.kill()

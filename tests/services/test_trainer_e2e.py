@@ -148,7 +148,7 @@ def wait_epoch(stack: TrainerStack, job_id: str, epoch: int, timeout: float = 12
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = get(stack, job_id)
-        if "epoch" in job.details and job.details["epoch"] >= epoch and job.details["metrics"]:
+        if "epochs_done" in job.details and job.details["epochs_done"] >= epoch:
             return
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} never reached epoch {epoch}")

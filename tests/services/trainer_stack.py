@@ -4,7 +4,10 @@ on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,7 +93,11 @@ class TrainerStack(Stack):
         return name
 
     def kill(self, name: str) -> None:
+        """SIGKILL a process and its children (the dramatiq CLI forks its worker processes)."""
         proc = self.procs.pop(name)
+        for child in children(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         proc.kill()
         proc.wait()
 
@@ -123,3 +130,20 @@ def make_trainer_stack(tmp: Path, database_url: str) -> TrainerStack:
 
 def run_quiet(args: list[str], env: dict[str, str]) -> str:
     return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found

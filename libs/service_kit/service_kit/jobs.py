@@ -286,7 +286,9 @@ class JobStore:
                     event = _TERMINAL_EVENT[rec.state]
                 elif rec.state == RUNNING and last[0] == QUEUED:
                     event = "started"
-                if (rec.state, rec.progress) != last or event != "progress":
+                # every published event counts (a trial ends at the same progress its last
+                # epoch reported); without one, only a change does
+                if (rec.state, rec.progress) != last or event != "progress" or message:
                     last = (rec.state, rec.progress)
                     yield event, message, rec
         finally:

@@ -1,0 +1,177 @@
+"""Submit-to-started latency of training jobs, against a bare Dramatiq round trip, in one run.
+
+Starts a private stack (Redis on a free port, SQLite, the tracker, the trainer and one
+training worker), then N times: SubmitTraining of a trivial job, WatchTrainingJob until its
+`started` event, cancel it, wait until the worker is free. The baseline is the floor under
+that: a no-op Dramatiq actor on the same Redis, time from `send` to the actor running, with
+an in-process worker. Prints p50/p99 of both and the ratio.
+
+    .venv/bin/python bench/job_latency.py [--jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.ports import free_port, wait_port  # noqa: E402
+
+TRIVIAL = """
+network Trivial {
+  input: (4,)
+  layers:
+    Dense(4, "relu")
+    Output(2, "softmax")
+  loss: sparse_categorical_crossentropy
+  optimizer: Adam()
+}
+"""
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return q[49], q[98]
+
+
+def baseline(redis_url: str, n: int) -> list[float]:
+    """send -> actor start, milliseconds, with a worker that is already warm."""
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=redis_url, namespace="bench")
+    started: dict[int, float] = {}
+    ready = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="bench", max_retries=0)
+    def noop(i: int) -> None:
+        started[i] = time.perf_counter()
+        ready.set()
+
+    worker = dramatiq.Worker(broker, worker_threads=1)
+    worker.start()
+    out = []
+    try:
+        for i in range(n):
+            ready.clear()
+            t0 = time.perf_counter()
+            noop.send(i)
+            ready.wait(30)
+            out.append((started[i] - t0) * 1000)
+    finally:
+        worker.stop()
+    return out
+
+
+def ours(env: dict[str, str], address: str, key: str, n: int) -> list[float]:
+    from neural.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+
+    stub = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(address))
+    meta = (("authorization", f"Bearer {key}"),)
+    request = trainer_pb2.SubmitTrainingRequest(
+        source=TRIVIAL,
+        dataset=trainer_pb2.DatasetSpec(
+            synthetic=trainer_pb2.SyntheticDataset(num_samples=64, num_classes=2, seed=0)
+        ),
+        epochs=10_000,
+    )
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        job = stub.SubmitTraining(request, metadata=meta)
+        for event in stub.WatchTrainingJob(common_pb2.WatchJobRequest(id=job.id), metadata=meta):
+            if event.type == "started":
+                out.append((time.perf_counter() - t0) * 1000)
+                break
+        stub.CancelTrainingJob(common_pb2.CancelJobRequest(id=job.id), metadata=meta)
+        while True:  # the worker is free again before the next submit
+            state = stub.GetTrainingJob(common_pb2.GetJobRequest(id=job.id), metadata=meta).state
+            if state == common_pb2.JOB_STATE_CANCELLED:
+                break
+            time.sleep(0.02)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=200)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="neural-latency-"))
+    redis_port, tracker_port, trainer_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NEURAL_DATA_DIR": str(tmp),
+        "NEURAL_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "NEURAL_TRACKER_PORT": str(tracker_port),
+        "NEURAL_TRACKER_METRICS_PORT": str(free_port()),
+        "NEURAL_TRACKER_ADDRESS": f"127.0.0.1:{tracker_port}",
+        "NEURAL_TRAINER_PORT": str(trainer_port),
+        "NEURAL_TRAINER_METRICS_PORT": str(free_port()),
+        "NEURAL_JWT_SECRET": "bench-" + "x" * 40,
+        "NEURAL_LOG_LEVEL": "WARNING",
+        "dramatiq_prom_port": str(free_port()),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str]) -> subprocess.Popen:
+        log = open(tmp / f"{len(procs)}.log", "wb")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    bin_dir = Path(sys.executable).parent
+    try:
+        server = shutil.which("redis-server") or "redis-server"
+        start([server, "--port", str(redis_port), "--save", "", "--appendonly", "no"])
+        wait_port(redis_port)
+        start([sys.executable, "-m", "services.tracker"])
+        start([sys.executable, "-m", "services.trainer"])
+        wait_port(tracker_port, 90)
+        wait_port(trainer_port, 90)
+        start([str(bin_dir / "dramatiq"), "services.trainer.worker", "--processes", "1"])
+        keys = subprocess.run(
+            [sys.executable, "-m", "service_kit.keys", "create", "--name", "bench"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        key = next(line.split()[-1] for line in keys.splitlines() if line.startswith("key:"))
+        ours(env, f"127.0.0.1:{trainer_port}", key, 3)  # warm up: worker imports, first job
+        base = baseline(env["NEURAL_REDIS_URL"], args.jobs)
+        mine = ours(env, f"127.0.0.1:{trainer_port}", key, args.jobs)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    b50, b99 = percentiles(base)
+    o50, o99 = percentiles(mine)
+    print(f"submit -> started over {args.jobs} jobs (one worker, loopback, SQLite)")
+    print(f"  bare Dramatiq send -> actor   p50 {b50:7.1f} ms   p99 {b99:7.1f} ms")
+    print(f"  SubmitTraining -> started     p50 {o50:7.1f} ms   p99 {o99:7.1f} ms")
+    print(f"  ratio ours / bare             p50 {o50 / b50:7.1f}x   p99 {o99 / b99:7.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
