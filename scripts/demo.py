@@ -121,7 +121,9 @@ def main() -> int:
             common_pb2.WatchJobRequest(id=job.id), metadata=meta, timeout=600
         ):
             last = event
+            epoch_end = event.message.startswith("epoch ") and "/" in event.message
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(event.metrics.items()))
+            metrics = metrics if epoch_end or event.type == "completed" else ""
             bar = "#" * int(event.progress * 20)
             print(
                 f"   {time.monotonic() - started:5.1f}s {event.type:9s} [{bar:20s}] "

@@ -49,6 +49,9 @@ def main() -> int:
     # Workers act for a job's owner with short-lived tokens signed by this secret.
     env.setdefault("NEURAL_JWT_SECRET", secrets.token_urlsafe(32))
     env.setdefault("dramatiq_prom_port", str(WORKER_METRICS_PORT))
+    # an idle worker polls Redis at least this often (ms): Dramatiq's default of 1 s would
+    # add up to a second between a job's submit and its start
+    env.setdefault("dramatiq_worker_timeout", "100")
     for name, *_, default_port in SERVICES:  # how the services find each other
         port = env.get(f"NEURAL_{name.upper()}_PORT", str(default_port))
         env.setdefault(f"NEURAL_{name.upper()}_ADDRESS", f"127.0.0.1:{port}")

@@ -123,6 +123,7 @@ def make_trainer_stack(tmp: Path, database_url: str) -> TrainerStack:
     env["NEURAL_WEBHOOK_MIN_BACKOFF_MS"] = "100"
     env["NEURAL_MAX_UPLOAD_BYTES"] = str(3 * 1024 * 1024)
     env["dramatiq_prom_port"] = str(free_port())
+    env["dramatiq_worker_timeout"] = "100"
     env["dramatiq_prom_db"] = str(tmp / "prometheus")
     (tmp / "prometheus").mkdir(exist_ok=True)
     return stack
