@@ -31,7 +31,12 @@ REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 SECRET = "whsec-" + "k" * 20
 # Short backoffs and timeouts keep the retries quick; the production defaults are seconds.
 FAST = webhooks.DeliveryOptions(
-    max_retries=4, min_backoff_ms=50, max_backoff_ms=400, timeout_ms=1000, connect_timeout_ms=500
+    max_retries=4,
+    min_backoff_ms=50,
+    max_backoff_ms=400,
+    timeout_ms=1000,
+    connect_timeout_ms=500,
+    allow_private=True,  # the receiver listens on loopback
 )
 
 
@@ -321,3 +326,13 @@ async def test_redis_down_records_an_unsent_delivery_and_the_job_goes_on(tmp_pat
         await store.redis.aclose()
         await plain.redis.aclose()
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.0.0.7/x"]
+)
+async def test_hooks_may_not_reach_private_addresses_by_default(url: str) -> None:
+    strict = webhooks.DeliveryOptions(timeout_ms=500, connect_timeout_ms=200)
+    attempt = await webhooks.post(url, SECRET, b"{}", "started", "d1", strict)
+    assert not attempt.delivered and not attempt.retry
+    assert "non-public address" in attempt.error

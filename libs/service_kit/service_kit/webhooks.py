@@ -37,8 +37,10 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -416,6 +418,7 @@ class DeliveryOptions:
     max_backoff_ms: int = 300_000
     timeout_ms: int = 5_000
     connect_timeout_ms: int = 2_000
+    allow_private: bool = False  # may hooks reach loopback / private addresses?
 
     @classmethod
     def from_env(cls) -> DeliveryOptions:
@@ -430,6 +433,7 @@ class DeliveryOptions:
             connect_timeout_ms=env_int(
                 "NEURAL_WEBHOOK_CONNECT_TIMEOUT_MS", d.connect_timeout_ms, 10, 60_000
             ),
+            allow_private=os.environ.get("NEURAL_WEBHOOK_ALLOW_PRIVATE", "") == "1",
         )
 
 
@@ -441,6 +445,27 @@ class Attempt:
     retry: bool = False
 
 
+async def _private_target(url: str, options: DeliveryOptions) -> str:
+    """Why `url` may not be called (it resolves to a loopback, private, link-local or
+    reserved address, e.g. a cloud metadata endpoint), or "" when it may. A server-side
+    request to an address the caller picked must not reach the platform's own network;
+    NEURAL_WEBHOOK_ALLOW_PRIVATE=1 lifts this for local development and tests. The check
+    is made at each attempt (not at submit time), which narrows DNS rebinding to the
+    instant between this lookup and the connection."""
+    if options.allow_private:
+        return ""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        if not ip.is_global or ip.is_multicast:
+            return f"refused: {host} resolves to the non-public address {ip}"
+    return ""
+
+
 async def post(
     url: str,
     secret: str,
@@ -450,6 +475,9 @@ async def post(
     options: DeliveryOptions,
 ) -> Attempt:
     """One POST: its outcome, and whether trying again may help."""
+    refused = await _private_target(url, options)
+    if refused:
+        return Attempt(error=refused)
     total = options.timeout_ms / 1000
     timeout = httpx.Timeout(total, connect=min(options.connect_timeout_ms / 1000, total))
     try:
