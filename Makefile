@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/codegen.py
 	$(PY) bench/grpc_overhead.py
 	$(PY) bench/tracker_ingest.py
+	$(PY) bench/training_overhead.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
 # distribution is also called neural-dsl, so it cannot share .venv with ours).

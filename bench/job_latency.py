@@ -111,7 +111,11 @@ def ours(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200)
-    args = ap.parse_args()
+    run(ap.parse_args().jobs)
+    return 0
+
+
+def run(jobs: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="neural-latency-"))
     redis_port, tracker_port, trainer_port = free_port(), free_port(), free_port()
     env = {
@@ -158,9 +162,9 @@ def main() -> int:
         ).stdout
         key = next(line.split()[-1] for line in keys.splitlines() if line.startswith("key:"))
         ours(env, f"127.0.0.1:{trainer_port}", key, 3)  # warm up: worker imports, first job
-        base = baseline(env["NEURAL_REDIS_URL"], args.jobs)
+        base = baseline(env["NEURAL_REDIS_URL"], jobs)
         rpc: list[float] = []
-        mine = ours(env, f"127.0.0.1:{trainer_port}", key, args.jobs, rpc)
+        mine = ours(env, f"127.0.0.1:{trainer_port}", key, jobs, rpc)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -172,13 +176,12 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     b50, b99 = percentiles(base)
     o50, o99 = percentiles(mine)
-    print(f"submit -> started over {args.jobs} jobs (one worker, loopback, SQLite)")
+    print(f"submit -> started over {jobs} jobs (one worker, loopback, SQLite)")
     print(f"  bare Dramatiq send -> actor   p50 {b50:7.1f} ms   p99 {b99:7.1f} ms")
     print(f"  SubmitTraining -> started     p50 {o50:7.1f} ms   p99 {o99:7.1f} ms")
     r50, r99 = percentiles(rpc)
     print(f"    of which the RPC itself     p50 {r50:7.1f} ms   p99 {r99:7.1f} ms")
     print(f"  ratio ours / bare             p50 {o50 / b50:7.1f}x   p99 {o99 / b99:7.1f}x")
-    return 0
 
 
 if __name__ == "__main__":

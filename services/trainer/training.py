@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -138,8 +139,6 @@ def resolve_spec(
     """The settings of one training run: the overrides given (None = not given), else the
     DSL's `train { }` block (its HPO values taken from `hparams` by name), else Keras'
     defaults. Raises ValueError with a message meant for the user."""
-    if backend not in TRAIN_BACKENDS:
-        raise ValueError(f"cannot train with backend {backend!r}: use pytorch or tensorflow")
     if not network.loss:
         raise ValueError(
             f"network {network.name} declares no loss: add one, e.g. "
@@ -182,6 +181,8 @@ def _is_real(v: Any) -> bool:
 
 
 def _check_spec(spec: TrainSpec) -> None:
+    if spec.backend not in TRAIN_BACKENDS:
+        raise ValueError(f"cannot train with backend {spec.backend!r}: use pytorch or tensorflow")
     if not _is_int(spec.epochs) or not 1 <= spec.epochs <= MAX_EPOCHS:
         raise ValueError(f"epochs must be a whole number from 1 to {MAX_EPOCHS}, got {spec.epochs}")
     if not _is_int(spec.batch_size) or not 1 <= spec.batch_size <= MAX_BATCH_SIZE:
@@ -257,7 +258,10 @@ def _task(network: Network, report: ShapeReport, data: Arrays, spec: TrainSpec) 
     first = first_layer(network, inp.name)
     x = x.astype("int64" if first is not None and first.type == "Embedding" else "float32")
 
-    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+    whole = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and bool(np.all(np.mod(y, 1) == 0))
+    )
+    if not whole:
         raise DatasetError("labels must be class ids (whole numbers)")
     ids = y.astype("int64")
     if len(ids) and (ids.min() < 0 or ids.max() >= data.num_classes):
@@ -285,8 +289,7 @@ def _task(network: Network, report: ShapeReport, data: Arrays, spec: TrainSpec) 
         target = ids if loss in SPARSE_LOSSES else np.eye(units, dtype="float32")[ids]
 
     n = len(x)
-    # Keras' rule: the last `validation_split` of the (already shuffled) rows validates.
-    n_train = math.ceil(n * (1 - spec.validation_split)) if spec.validation_split else n
+    n_train = train_rows(n, spec.validation_split)
     if n_train == 0:
         raise DatasetError(f"validation_split {spec.validation_split} leaves no training data")
     if spec.validation_split and n_train == n:
@@ -294,6 +297,11 @@ def _task(network: Network, report: ShapeReport, data: Arrays, spec: TrainSpec) 
             f"validation_split {spec.validation_split} of {n} samples leaves none to validate on"
         )
     return _Task(x, target, ids, n_train, binary, loss)
+
+
+def train_rows(samples: int, validation_split: float) -> int:
+    """How many of `samples` rows train; the rest, at the end, validate (Keras' rule)."""
+    return math.ceil(samples * (1 - validation_split)) if validation_split else samples
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -327,7 +335,7 @@ def _fingerprint(network: Network, data: _Task, spec: TrainSpec) -> str:
 def _atomic(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside `path`; once written, fsync it and move it into place,
     so readers (and a resumed worker) see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -340,6 +348,24 @@ def _atomic(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sweep_partials(workdir: Path) -> None:
+    """Remove the temporary files of writers that died mid-write (a SIGKILLed worker)."""
+    for tmp in workdir.glob(".*.partial*"):
+        found = re.search(r"\.(\d+)\.partial", tmp.name)
+        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
 
 
 # ---------------------------------------------------------------- engines
@@ -370,11 +396,14 @@ def train(
     onnx: bool = True,
 ) -> TrainOutcome:
     """Train `network` (its HPO values fixed by `hparams`) on `data`, resuming from the
-    checkpoint in `workdir` when there is one for the same network, data and settings.
-    Raises Cancelled, DatasetError (data that cannot feed the network), or DSLError."""
+    checkpoint in `workdir` when there is one for the same network, data and settings
+    (a checkpoint at or past `spec.epochs` only writes the final files again).
+    `onnx=False` skips the ONNX export (a search's trials). Raises Cancelled,
+    DatasetError (data that cannot feed the network), DSLError, or ValueError (settings)."""
     _check_spec(spec)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    _sweep_partials(workdir)
     resolved, report = prepare(network, spec.backend, hparams)
     resolved = with_learning_rate(resolved, spec.learning_rate)
     if not resolved.loss:
@@ -398,7 +427,12 @@ def train(
             engine.save_weights(tmp)
     onnx_path = None
     if onnx:
-        blob = engine.export_onnx()
+        try:
+            blob = engine.export_onnx()
+        except Exception as exc:  # the trained weights stand; the job says what is missing
+            log.warning("ONNX export failed", exc_info=True)
+            notes.append(f"the ONNX export failed ({type(exc).__name__}: {exc}); weights are kept")
+            blob = None
         if blob is not None:
             onnx_path = workdir / "model.onnx"
             with _atomic(onnx_path) as tmp:
@@ -459,7 +493,12 @@ class _TorchEngine:
     ) -> None:
         import torch
         from neural_dsl.backends import build_torch
-        from neural_dsl.runtime.torch_training import keras_loss, make_optimizer, make_scheduler
+        from neural_dsl.runtime.torch_training import (
+            keras_loss,
+            make_optimizer,
+            make_scheduler,
+            train_step,
+        )
 
         self.torch, self.network, self.report, self.task, self.spec = (
             torch,
@@ -468,6 +507,7 @@ class _TorchEngine:
             task,
             spec,
         )
+        self.train_step = train_step
         if spec.threads:
             torch.set_num_threads(spec.threads)
         dev = _torch_device(network.execution.device, notes)
@@ -484,12 +524,14 @@ class _TorchEngine:
         self.clipnorm = opt["params"].get("clipnorm")
         self.clipvalue = opt["params"].get("clipvalue")
         self.loss_fn = keras_loss(task.loss)
+        self.pred: Any = None
         # Small datasets go to the accelerator once; large ones a batch at a time.
         resident = dev.type != "cpu" and task.x.nbytes + task.target.nbytes < 1 << 29
         self.data_dev = dev if resident else torch.device("cpu")
         self.x = torch.from_numpy(task.x).to(self.data_dev)
-        self.target = torch.from_numpy(task.target).to(self.data_dev)
         self.ids = torch.from_numpy(task.ids).to(self.data_dev)
+        sparse = task.target is task.ids
+        self.target = self.ids if sparse else torch.from_numpy(task.target).to(self.data_dev)
         self._begin_sums()
 
     def _begin_sums(self) -> None:
@@ -503,36 +545,40 @@ class _TorchEngine:
         self.torch.manual_seed(_epoch_seed(self.spec.seed, epoch))  # dropout masks
         self._begin_sums()
 
-    def _batch(self, rows: Any) -> tuple[Any, Any, Any]:
-        idx = self.torch.from_numpy(rows).to(self.data_dev)
-        out = (t.index_select(0, idx) for t in (self.x, self.target, self.ids))
-        return tuple(t.to(self.dev, non_blocking=True) for t in out)  # type: ignore[return-value]
+    def _batch(self, rows: np.ndarray) -> tuple[Any, Any, Any]:
+        idx = self.torch.from_numpy(rows)
+        if self.data_dev.type != "cpu":
+            idx = idx.to(self.data_dev)
+        x, ids = self.x.index_select(0, idx), self.ids.index_select(0, idx)
+        target = ids if self.target is self.ids else self.target.index_select(0, idx)
+        if self.data_dev != self.dev:
+            x, target, ids = (t.to(self.dev, non_blocking=True) for t in (x, target, ids))
+        return x, target, ids
 
     def _hits(self, pred: Any, ids: Any) -> Any:
         guess = (pred.reshape(-1) > 0.5).long() if self.task.binary else pred.argmax(-1)
-        return (guess.to(ids.device) == ids).sum()
+        if self.placed:
+            guess = guess.to(ids.device)
+        return (guess == ids).sum()
+
+    def _loss(self, pred: Any, y: Any) -> Any:
+        self.pred = pred  # the batch's predictions, for the epoch's accuracy
+        return self.loss_fn(pred, y.to(pred.device) if self.placed else y)
 
     def step(self, rows: np.ndarray) -> float:
-        from neural_dsl.runtime.torch_training import train_step
-
         x, target, ids = self._batch(rows)
-        seen: list[Any] = []
-
-        def loss_fn(pred: Any, y: Any) -> Any:
-            seen.append(pred)  # the batch's predictions, for the epoch's accuracy
-            return self.loss_fn(pred, y.to(pred.device))
-
-        loss = train_step(
+        loss = self.train_step(
             self.model,
             self.optimizer,
-            loss_fn,
+            self._loss,
             x,
             target,
             self.scheduler,
             self.clipnorm,
             self.clipvalue,
         )
-        self.hits += self._hits(seen[0].detach(), ids).to(self.dev)
+        self.hits += self._hits(self.pred.detach(), ids)
+        self.pred = None
         self.loss_sum += loss * len(rows)
         self.seen += len(rows)
         return loss
@@ -548,8 +594,8 @@ class _TorchEngine:
             for at in range(n0, len(self.task.x), bs):
                 x, target, ids = self._batch(np.arange(at, min(at + bs, len(self.task.x))))
                 pred = self.model(x)
-                loss_sum += float(self.loss_fn(pred, target.to(pred.device))) * len(ids)
-                hits += self._hits(pred, ids).to(self.dev)
+                loss_sum += float(self._loss(pred, target)) * len(ids)
+                hits += self._hits(pred, ids)
         n = self.task.n_val
         return loss_sum / n, int(hits) / n
 
