@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neural_dsl import DSLError, Limits, parse
+from neural_dsl import Limits, parse
 from neural_dsl.backends import compile_network
 from neural_dsl.ir import program_to_json
 from service_kit import db, pagination
@@ -24,18 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .tables import models
 
 BACKENDS = ("pytorch", "tensorflow", "onnx")
-
-
-def invalid(exc: DSLError) -> InvalidArgument:
-    """A program's errors as INVALID_ARGUMENT with one BadRequest violation per diagnostic."""
-    first = exc.first
-    return InvalidArgument(
-        f"{first.line}:{first.column}: {first.message}",
-        [
-            FieldViolation(f"source:{d.line}:{d.column}", f"{d.stage}: {d.message}")
-            for d in exc.errors
-        ],
-    )
 
 
 @dataclass(frozen=True)

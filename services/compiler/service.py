@@ -16,7 +16,7 @@ from service_kit.interceptors import principal
 from service_kit.jobs import JobRecord, JobStore
 
 from . import convert
-from .registry import BACKENDS, CompileInput, Registry, compile_artifact, invalid
+from .registry import BACKENDS, CompileInput, Registry, compile_artifact
 
 SERVICE = "neural.v1.CompilerService"
 CHUNK = 64 * 1024
@@ -102,7 +102,7 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
             # CPU-bound (an ONNX export takes seconds): keep the event loop serving.
             art = await asyncio.to_thread(compile_artifact, req, self.limits)
         except DSLError as exc:
-            raise invalid(exc) from None
+            raise errors.program_invalid(exc) from None
         row, cached = await self.registry.store(req, art)
         return compiler_pb2.CompileResponse(
             model=convert.model(row),

@@ -18,6 +18,7 @@ import dramatiq
 from neural_dsl import DSLError, Limits
 from service_kit import db, errors, logs, webhooks
 from service_kit.broker import setup_broker
+from service_kit.heartbeat import Heartbeat
 from service_kit.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, JobStore, now
 from service_kit.settings import load
 
@@ -25,9 +26,10 @@ from . import tables
 from .registry import CompileInput, Registry, compile_artifact
 
 settings = load("compiler")
-setup_broker(settings)  # before the actor below declares itself on it
+broker = setup_broker(settings)  # before the actor below declares itself on it
 if "dramatiq" in os.path.basename(sys.argv[0]):  # started by the dramatiq CLI
     logs.setup("compiler-worker", settings.log_level)
+    broker.add_middleware(Heartbeat(settings.redis_url))  # listed by trainer.ListWorkers
 log = logging.getLogger("neural.compiler.worker")
 
 deliver_webhook = webhooks.declare_actor(
