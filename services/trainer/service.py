@@ -87,7 +87,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         self.limits = limits
         self.actors = actors
         self.compiler_address = compiler_address
-        self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.redis = aioredis.from_url(
+            redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=1
+        )
         self.validate_webhooks = validate_webhooks
         self.deliveries = deliveries
 

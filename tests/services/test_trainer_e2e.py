@@ -384,6 +384,12 @@ def test_list_workers_shows_the_live_worker(stack: TrainerStack) -> None:
         code(trainer(stack).ListWorkers, trainer_pb2.ListWorkersRequest(), metadata=auth(stack))
         == grpc.StatusCode.PERMISSION_DENIED
     )
+    # the worker SIGKILLed earlier stopped beating: listed as dead when asked for
+    everyone = trainer(stack).ListWorkers(
+        trainer_pb2.ListWorkersRequest(include_dead=True), metadata=auth(stack, "admin")
+    )
+    assert any(not w.alive for w in everyone.workers)
+    assert all(w.alive for w in resp.workers)
 
 
 # ------------------------------------------------------------------ webhooks

@@ -136,8 +136,10 @@ class JobStore:
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
+            # health checks (a PING before reusing a connection idle for over a second)
+            # keep a Redis restart from handing out dead pooled connections
             self._redis = aioredis.from_url(
-                self.redis_url, socket_timeout=5, socket_connect_timeout=2
+                self.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=1
             )
         return self._redis
 
@@ -242,16 +244,22 @@ class JobStore:
         with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
             await self.redis.publish(self.channel(rec.id), json.dumps(payload))
 
+    async def _subscribe(self, pubsub: Any, job_id: str) -> bool:
+        # twice: after a Redis restart the first try may meet a dead pooled connection
+        for _ in range(2):
+            try:
+                await pubsub.subscribe(self.channel(job_id))
+                return True
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+                continue
+        return False
+
     async def watch(
         self, job_id: str, owner: str | None, poll_seconds: float = 1.0
     ) -> AsyncIterator[tuple[str, str, JobRecord]]:
         """(event, message, job) now and on every change, until the job ends."""
         pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(self.channel(job_id))
-            subscribed = True
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-            subscribed = False
+        subscribed = await self._subscribe(pubsub, job_id)
         try:
             rec = await self.get(job_id, owner)
             yield (
@@ -275,13 +283,23 @@ class JobStore:
                         )
                     except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
                         msg, subscribed = None, False
+                        # Redis restarted: drop the idle pooled connections, all dead now
+                        with contextlib.suppress(Exception):
+                            await self.redis.connection_pool.disconnect(inuse_connections=False)
                     if msg:
                         data = json.loads(msg["data"])
                         event, message = data.get("event", "progress"), data.get("message", "")
-                else:
+                else:  # poll, and try to get the notifications back (Redis restarted)
                     await asyncio.sleep(poll_seconds)
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                    pubsub = self.redis.pubsub()
+                    subscribed = await self._subscribe(pubsub, job_id)
                 rec = await self.get(job_id)
                 if rec.state in TERMINAL:
+                    if message and event not in _TERMINAL_EVENT.values():
+                        yield event, message, rec  # it happened just before the end
+                        message = ""
                     # the row is the truth: a notification may describe an earlier state
                     event = _TERMINAL_EVENT[rec.state]
                 elif rec.state == RUNNING and last[0] == QUEUED:
