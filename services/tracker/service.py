@@ -16,15 +16,18 @@ from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 from service_kit import errors, pagination
 from service_kit.interceptors import principal
 
-from . import compare
+from . import compare, wire
 from .artifacts import ArtifactStore, clean_path
+from .events import NEWEST, RunEvents, channel
 from .plots import plot_png
+from .points import Batch
 from .store import Point, TrackerStore, run_counts, runs_of, series
 
 SERVICE = "neural.v1.TrackerService"
 CHUNK = 64 * 1024
 STATUS = {1: "RUNNING", 2: "FINISHED", 3: "FAILED", 4: "KILLED"}
 STATUS_ENUM = {v: k for k, v in STATUS.items()}
+EMPTY = empty_pb2.Empty()
 
 METHOD_ROLES = {
     f"/{SERVICE}/{m}": "viewer"
@@ -95,11 +98,21 @@ def _run(row: Any, details: dict[str, Any]) -> tracker_pb2.Run:
     )
 
 
-def _points(ms: Any) -> list[Point]:
-    return [
-        Point(m.key, m.value, m.step, m.timestamp.seconds * 1000 + m.timestamp.nanos // 1_000_000)
+def _batch(ms: Any) -> Batch:
+    """The request's points as columns: one pass over the messages, the rest in C. Reading an
+    unset timestamp would build a message for nothing, hence HasField."""
+    rows = [
+        (
+            m.key,
+            m.step,
+            m.value,
+            m.timestamp.seconds * 1000 + m.timestamp.nanos // 1_000_000
+            if m.HasField("timestamp")
+            else 0,
+        )
         for m in ms
     ]
+    return Batch(*zip(*rows, strict=True)) if rows else Batch((), (), (), ())
 
 
 class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
@@ -107,24 +120,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         self.store = store
         self.artifacts = artifacts
         self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self._pending: set[asyncio.Task[None]] = set()
-
-    # ------------------------------------------------------------------ events
-    def _channel(self, run_id: str) -> str:
-        return f"neural:tracker:run:{run_id}"
-
-    async def _publish(self, run_id: str, payload: dict[str, Any]) -> None:
-        """Tell watchers, off the caller's path: the RPC does not wait for Redis. WatchRun
-        also polls the run, so a lost notification only delays it."""
-
-        async def send() -> None:
-            with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                await self.redis.publish(self._channel(run_id), json.dumps(payload))
-
-        if len(self._pending) < 1000:  # bounded: a stalled Redis cannot pile up tasks
-            task = asyncio.create_task(send())
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        self.events = RunEvents(self.redis)
 
     async def _run_message(self, row: Any) -> tracker_pb2.Run:
         return _run(row, (await self.store.run_details([row.id]))[row.id])
@@ -208,7 +204,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             values["end_time"] = request.run.end_time.ToDatetime(dt.UTC)
         row = await self.store.update_run(request.run.id, _owner(), **values)
         if "status" in values:
-            await self._publish(row.id, {"type": "status", "status": row.status})
+            self.events.status(row.id, row.status)
         return await self._run_message(row)
 
     async def SetTags(self, request: Any, context: Any) -> Any:
@@ -222,16 +218,15 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         return empty_pb2.Empty()
 
     async def LogMetrics(self, request: Any, context: Any) -> Any:
-        points = _points(list(request.metrics))
-        await self.store.log_metrics(request.run_id, _owner(), points)
-        await self._notify(request.run_id, points)
-        return empty_pb2.Empty()
+        stored = await self.store.log_batch(request.run_id, _owner(), _batch(request.metrics))
+        self._notify(request.run_id, stored)
+        return EMPTY
 
-    async def _notify(self, run_id: str, points: list[Point]) -> None:
-        # Watchers get the newest 100 points of a batch; the history keeps all of them.
-        stamp = int(now().timestamp() * 1000)
-        recent = [[p.key, p.value, p.step, p.timestamp or stamp] for p in points[-100:]]
-        await self._publish(run_id, {"type": "metrics", "metrics": recent})
+    def _notify(self, run_id: str, batch: Batch) -> None:
+        # Watchers get the newest points of a batch; the history keeps all of them.
+        if batch.keys:
+            keys, steps, values, stamps = (column[-NEWEST:] for column in batch)
+            self.events.metrics(run_id, list(zip(keys, values, steps, stamps, strict=True)))
 
     async def StreamMetrics(self, request_iterator: Any, context: Any) -> Any:
         owner = _owner()
@@ -241,16 +236,18 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             if request.run_id not in checked:
                 await self.store.get_run(request.run_id, owner)
                 checked.add(request.run_id)
-            points = _points(list(request.metrics))
-            total += await self.store.log_metrics(request.run_id, owner, points, checked_run=True)
+            stored = await self.store.log_batch(
+                request.run_id, owner, _batch(request.metrics), checked_run=True
+            )
+            total += len(stored.keys)
             batches += 1
-            await self._notify(request.run_id, points)
+            self._notify(request.run_id, stored)
         return tracker_pb2.StreamMetricsResponse(
             metrics_logged=total, batches=batches, run_ids=sorted(checked)
         )
 
     async def GetMetricHistory(self, request: Any, context: Any) -> Any:
-        points, token, down = await self.store.history(
+        page = await self.store.history(
             request.run_id,
             _owner(),
             request.key,
@@ -258,12 +255,15 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             request.page_size,
             request.page_token,
         )
-        response = tracker_pb2.GetMetricHistoryResponse(next_page_token=token, downsampled=down)
-        add = response.metrics.add
-        for p in points:  # built in place: this is the hot loop of long histories
-            m = add(key=p.key, value=p.value, step=p.step)
-            m.timestamp.seconds, m.timestamp.nanos = divmod(p.timestamp, 1000)
-            m.timestamp.nanos *= 1_000_000
+        response = tracker_pb2.GetMetricHistoryResponse(
+            next_page_token=page.next_page_token, downsampled=page.downsampled
+        )
+        if request.view == tracker_pb2.METRIC_HISTORY_VIEW_COLUMNS:
+            response.steps.extend(page.steps)  # packed arrays: filled in C
+            response.values.extend(page.values)
+            response.timestamps_ms.extend(page.timestamps)
+            return response
+        wire.fill(response, request.key, page.steps, page.values, page.timestamps)
         return response
 
     async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
@@ -272,7 +272,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         pubsub = self.redis.pubsub()
         subscribed = True
         try:
-            await pubsub.subscribe(self._channel(request.run_id))
+            await pubsub.subscribe(channel(request.run_id))
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
             subscribed = False
         try:

@@ -21,11 +21,11 @@ from service_kit.errors import (
     NotFound,
 )
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import filters
+from .points import Batch, UnknownRun, for_url, newest
 from .tables import artifacts, experiments, latest_metrics, metrics, params, runs, tags
 
 MAX_BATCH = 1000
@@ -49,6 +49,16 @@ class Point(NamedTuple):
     timestamp: int = 0  # ms since the epoch; 0 means "now"
 
 
+class Series(NamedTuple):
+    """A page of one metric's history, as columns."""
+
+    steps: Sequence[int]
+    values: Sequence[float]
+    timestamps: Sequence[int]
+    next_page_token: str
+    downsampled: bool
+
+
 def _key(name: str, what: str) -> None:
     if not name or len(name) > MAX_KEY or name != name.strip():
         raise InvalidArgument(
@@ -61,8 +71,12 @@ class TrackerStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessions = db.sessions(engine)
-        self.dialect = engine.dialect.name
+        self.points = for_url(engine.url)
         self._owners: dict[str, str] = {}
+
+    async def close(self) -> None:
+        await self.points.close()
+        await self.engine.dispose()
 
     # ------------------------------------------------------------------ experiments
     async def create_experiment(self, owner: str, name: str) -> Any:
@@ -145,10 +159,15 @@ class TrackerStore:
         if row.deleted_at is None:
             raise FailedPrecondition("only a deleted experiment can be purged: delete it first")
         async with db.transaction(self.sessions) as s:
+            # Locking the runs first makes a concurrent metric batch wait for this purge and
+            # then fail on its foreign key, rather than leave points behind (tracker_metrics
+            # has no foreign key of its own: see points.py).
             run_ids = [
                 r.id
                 for r in (
-                    await s.execute(select(runs.c.id).where(runs.c.experiment_id == exp_id))
+                    await s.execute(
+                        select(runs.c.id).where(runs.c.experiment_id == exp_id).with_for_update()
+                    )
                 ).all()
             ]
             for table in (metrics, latest_metrics, params, tags, artifacts):
@@ -289,74 +308,56 @@ class TrackerStore:
                 )
 
     # ------------------------------------------------------------------ metrics
-    def _insert_latest(self) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(
-            latest_metrics
-        )
-
     async def log_metrics(
         self, run_id: str, owner: str | None, points: Sequence[Point], checked_run: bool = False
     ) -> int:
-        """Append a batch (one transaction, one multi-row insert) and move each series' latest
-        point forward. Non-finite values are rejected: they cannot be compared or charted."""
-        if len(points) > MAX_BATCH:
+        """Append a batch of points (see log_batch)."""
+        keys, values, steps, stamps = zip(*points, strict=True) if points else ((), (), (), ())
+        batch = Batch(keys, steps, [float(v) for v in values], stamps)
+        return len((await self.log_batch(run_id, owner, batch, checked_run)).keys)
+
+    async def log_batch(
+        self, run_id: str, owner: str | None, batch: Batch, checked_run: bool = False
+    ) -> Batch:
+        """Append a batch atomically and move each series' latest point forward; returns it
+        with the timestamps it was stored with. Non-finite values are rejected: they cannot
+        be compared or charted."""
+        keys, steps, values, stamps = batch
+        if len(keys) > MAX_BATCH:
             raise InvalidArgument(
-                f"at most {MAX_BATCH} points per batch, got {len(points)}",
+                f"at most {MAX_BATCH} points per batch, got {len(keys)}",
                 [FieldViolation("metrics", "too many")],
             )
         if not checked_run:
             await self._check_run(run_id, owner)
-        stamp = now_ms()
-        for key in {p.key for p in points}:
+        if not keys:
+            return batch
+        for key in set(keys):
             _key(key, "metrics")
-        rows = []
-        latest: dict[str, tuple[str, str, int, float, int]] = {}
-        for i, p in enumerate(points):
-            value = float(p.value)
-            if not math.isfinite(value):
-                raise InvalidArgument(
-                    f"metric {p.key!r} at step {p.step} is {p.value}: only finite values are "
-                    "stored",
-                    [FieldViolation(f"metrics[{i}].value", "not finite")],
-                )
-            row = (run_id, p.key, p.step, value, p.timestamp or stamp)
-            rows.append(row)
-            best = latest.get(p.key)
-            if best is None or (row[2], row[4]) >= (best[2], best[4]):
-                latest[p.key] = row
-        if not rows:
-            return 0
-        ins = self._insert_latest()
-        upsert = ins.on_conflict_do_update(
-            index_elements=[latest_metrics.c.run_id, latest_metrics.c.key],
-            set_={
-                "step": ins.excluded.step,
-                "value": ins.excluded.value,
-                "timestamp": ins.excluded.timestamp,
-            },
-            where=ins.excluded.step >= latest_metrics.c.step,
-        )
-        columns = ("run_id", "key", "step", "value", "timestamp")
-        async with self.engine.begin() as conn:  # a bare connection: no ORM session needed
-            if self.dialect == "postgresql":
-                # COPY is several times faster than a multi-row INSERT for a batch of points.
-                raw = (await conn.get_raw_connection()).driver_connection
-                await raw.copy_records_to_table("tracker_metrics", records=rows, columns=columns)
-            else:
-                # A plain executemany: building 1000 parameter dicts costs more than the insert.
-                await conn.exec_driver_sql(
-                    "INSERT INTO tracker_metrics (run_id, key, step, value, timestamp) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-            await conn.execute(
-                upsert, [dict(zip(columns, r, strict=True)) for r in latest.values()]
-            )
-        return len(rows)
+        # One sum in C instead of a test per point; a NaN or an infinity anywhere makes it
+        # non-finite (so may an overflow: then the search below finds nothing).
+        if not math.isfinite(sum(values)):
+            for i, v in enumerate(values):
+                if not math.isfinite(v):
+                    raise InvalidArgument(
+                        f"metric {keys[i]!r} at step {steps[i]} is {v}: only finite values "
+                        "are stored",
+                        [FieldViolation(f"metrics[{i}].value", "not finite")],
+                    )
+        if 0 in stamps:
+            stamp = now_ms()
+            stamps = [t or stamp for t in stamps] if any(stamps) else [stamp] * len(stamps)
+        stored = Batch(keys, steps, values, stamps)
+        try:
+            await self.points.append(run_id, stored, newest(stored))
+        except UnknownRun:
+            self._owners.pop(run_id, None)
+            raise NotFound(f"no run {run_id!r}") from None
+        return stored
 
     async def history(
         self, run_id: str, owner: str | None, key: str, max_points: int, size: int, token: str
-    ) -> tuple[list[Point], str, bool]:
+    ) -> Series:
         """A series ordered by step; with max_points, about that many points spread evenly over
         the steps (first and last kept)."""
         await self._check_run(run_id, owner)
@@ -365,63 +366,62 @@ class TrackerStore:
             raise InvalidArgument(
                 "page_size must not be negative", [FieldViolation("page_size", ">= 0")]
             )
+        if max_points > 0:
+            sampled = await self._sample(run_id, key, max_points, size, token)
+            if sampled is not None:
+                return sampled
+        # Keyset paging on step (through the run/key/step index), so reading a long history
+        # costs the same per page from the first to the last. The token keeps how many points
+        # at the page's last step were already sent (steps may repeat).
+        last_step, skip = pagination.decode(token) if token else (None, 0)  # type: ignore[misc]
+        from_step = None if last_step is None else int(last_step)
+        rows = await self.points.page(run_id, key, from_step, int(skip), size + 1)
+        steps, values, stamps = zip(*rows, strict=True) if rows else ((), (), ())
+        next_token = ""
+        if len(rows) > size:
+            steps, values, stamps = steps[:size], values[:size], stamps[:size]
+            end = steps[-1]
+            n = steps.count(end)
+            if from_step == end and n == len(steps):
+                n += int(skip)
+            next_token = pagination.encode((end, n))
+        return Series(steps, values, stamps, next_token, False)
+
+    async def _sample(
+        self, run_id: str, key: str, max_points: int, size: int, token: str
+    ) -> Series | None:
+        """Every k-th point by step (and the last) when the series is longer than max_points;
+        pages are offsets into that sample, which max_points keeps small. None when the
+        whole series fits."""
         where = and_(metrics.c.run_id == run_id, metrics.c.key == key)
-        base = select(metrics.c.step, metrics.c.value, metrics.c.timestamp).where(where)
         async with self.engine.connect() as s:
-            total = 0
-            if max_points and max_points > 0:
-                total = (await s.execute(select(func.count()).where(where))).scalar_one()
-            if total > max_points > 0:
-                # Every k-th point by step (and the last): pages are offsets into that sample,
-                # which max_points keeps small.
-                offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
-                every = math.ceil(total / max_points)
-                numbered = base.add_columns(
+            total = (await s.execute(select(func.count()).where(where))).scalar_one()
+            if total <= max_points:
+                return None
+            offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
+            every = math.ceil(total / max_points)
+            numbered = (
+                select(metrics.c.step, metrics.c.value, metrics.c.timestamp)
+                .where(where)
+                .add_columns(
                     func.row_number()
                     .over(order_by=(metrics.c.step, metrics.c.timestamp))
                     .label("n")
-                ).subquery()
-                sample = select(numbered.c.step, numbered.c.value, numbered.c.timestamp).where(
-                    or_((numbered.c.n - 1) % every == 0, numbered.c.n == total)
                 )
-                rows = (
-                    await s.execute(sample.order_by(numbered.c.step).offset(offset).limit(size + 1))
-                ).all()
-                more = len(rows) > size
-                page = rows[:size]
-                next_token = pagination.encode(("o", offset + size)) if more else ""
-            else:
-                # Keyset paging on step (through the run/key/step index), so reading a long
-                # history costs the same per page from the first to the last. The token keeps
-                # how many points at the page's last step were already sent (steps may repeat).
-                last_step, skip = pagination.decode(token) if token else (None, 0)  # type: ignore[misc]
-                # Plain SQL on the (run, key, step, timestamp) index: no sort, no ORM rows.
-                mark = "?" if self.dialect == "sqlite" else "$"
-                args: list[Any] = [run_id, key]
-                sql = (
-                    "SELECT step, value, timestamp FROM tracker_metrics "
-                    f"WHERE run_id = {_p(mark, 1)} AND key = {_p(mark, 2)}"
-                )
-                if last_step is not None:
-                    args.append(int(last_step))
-                    sql += f" AND step >= {_p(mark, 3)}"
-                args += [size + 1, int(skip)]
-                sql += (
-                    f" ORDER BY step, timestamp LIMIT {_p(mark, len(args) - 1)} "
-                    f"OFFSET {_p(mark, len(args))}"
-                )
-                rows = (await s.exec_driver_sql(sql, tuple(args))).all()
-                more = len(rows) > size
-                page = rows[:size]
-                next_token = ""
-                if more:
-                    end = page[-1].step
-                    n = sum(1 for r in page if r.step == end)
-                    if last_step is not None and int(last_step) == end and n == len(page):
-                        n += int(skip)
-                    next_token = pagination.encode((end, n))
-        points = [Point(key, r.value, r.step, r.timestamp) for r in page]
-        return points, next_token, total > max_points > 0
+                .subquery()
+            )
+            sample = select(numbered.c.step, numbered.c.value, numbered.c.timestamp).where(
+                or_((numbered.c.n - 1) % every == 0, numbered.c.n == total)
+            )
+            rows = (
+                await s.execute(sample.order_by(numbered.c.step).offset(offset).limit(size + 1))
+            ).all()
+        page = rows[:size]
+        steps, values, stamps = zip(*page, strict=True) if page else ((), (), ())
+        more = len(rows) > size
+        return Series(
+            steps, values, stamps, pagination.encode(("o", offset + size)) if more else "", True
+        )
 
     # ------------------------------------------------------------------ artifacts
     async def record_artifact(self, run_id: str, path: str, size: int, digest: str) -> None:
@@ -500,11 +500,6 @@ class TrackerStore:
         async with self.sessions() as s:
             rows = (await s.execute(query.order_by(*columns).offset(offset).limit(n + 1))).all()
         return rows[:n], pagination.encode(("o", offset + n)) if len(rows) > n else ""
-
-
-def _p(mark: str, n: int) -> str:
-    """The n-th bound parameter in the driver's style (sqlite `?`, asyncpg `$n`)."""
-    return "?" if mark == "?" else f"${n}"
 
 
 def _text_op(column: Any, op: str, value: str) -> Any:

@@ -74,10 +74,13 @@ tags = Table(
     Column("value", Text, nullable=False),
 )
 
+# No foreign key on run_id: PostgreSQL would check it once per point, which doubles the cost
+# of ingest. Each batch is written in one transaction with its tracker_latest_metrics upsert,
+# whose foreign key checks the run once per batch (points.py), and a purge deletes the points.
 metrics = Table(
     "tracker_metrics",
     metadata,
-    Column("run_id", String(36), ForeignKey("tracker_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(36), nullable=False),
     Column("key", String(250), nullable=False),
     Column("step", BigInteger, nullable=False),
     Column("value", Float, nullable=False),

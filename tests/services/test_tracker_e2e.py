@@ -169,6 +169,19 @@ def test_params_metrics_history_and_bad_values(stack: Stack) -> None:
         metadata=md(stack),
     )
     assert len(full.metrics) == 1000 and not full.downsampled
+    columns = t.GetMetricHistory(
+        tracker_pb2.GetMetricHistoryRequest(
+            run_id=run_id,
+            key="loss",
+            page_size=10_000,
+            view=tracker_pb2.METRIC_HISTORY_VIEW_COLUMNS,
+        ),
+        metadata=md(stack),
+    )
+    assert not columns.metrics
+    assert list(columns.steps) == [m.step for m in full.metrics]
+    assert list(columns.values) == [m.value for m in full.metrics]
+    assert list(columns.timestamps_ms) == [m.timestamp.ToMilliseconds() for m in full.metrics]
     small = t.GetMetricHistory(
         tracker_pb2.GetMetricHistoryRequest(run_id=run_id, key="loss", max_points=50),
         metadata=md(stack),

@@ -47,7 +47,7 @@ async def test_experiments_belong_to_their_owner(db_url: str) -> None:
     assert await s.purge_experiment(exp.id, "alice") == [run.id]
     with pytest.raises(NotFound):
         await s.get_run(run.id, "alice")
-    await s.engine.dispose()
+    await s.close()
 
 
 async def test_params_are_write_once_and_tags_change(db_url: str) -> None:
@@ -65,7 +65,7 @@ async def test_params_are_write_once_and_tags_change(db_url: str) -> None:
     assert details["tags"] == {"stage": "prod"}
     with pytest.raises(NotFound):
         await s.log_params(run.id, "bob", {"x": "1"})
-    await s.engine.dispose()
+    await s.close()
 
 
 async def test_metric_batches_latest_and_history(db_url: str) -> None:
@@ -81,16 +81,63 @@ async def test_metric_batches_latest_and_history(db_url: str) -> None:
         await s.log_metrics(run.id, "alice", [Point("x", 1.0, i) for i in range(1001)])
     latest = (await s.run_details([run.id]))[run.id]["latest"]
     assert [(p.key, p.step, p.value) for p in latest] == [("loss", 999, 1 / 1000)]
-    page, token, down = await s.history(run.id, "alice", "loss", 0, 600, "")
-    assert len(page) == 600 and token and not down
-    rest, token2, _ = await s.history(run.id, "alice", "loss", 0, 600, token)
-    assert len(rest) == 401 and not token2
-    steps = [p.step for p in page + rest]
+    page = await s.history(run.id, "alice", "loss", 0, 600, "")
+    assert len(page.steps) == 600 and page.next_page_token and not page.downsampled
+    rest = await s.history(run.id, "alice", "loss", 0, 600, page.next_page_token)
+    assert len(rest.steps) == 401 and not rest.next_page_token
+    steps = [*page.steps, *rest.steps]
     assert steps == sorted(steps)
-    small, _, down = await s.history(run.id, "alice", "loss", 100, 1000, "")
-    assert down and 90 <= len(small) <= 110
-    assert small[0].step == 0 and small[-1].step == 999
-    await s.engine.dispose()
+    small = await s.history(run.id, "alice", "loss", 100, 1000, "")
+    assert small.downsampled and 90 <= len(small.steps) <= 110
+    assert small.steps[0] == 0 and small.steps[-1] == 999
+    await s.close()
+
+
+def test_the_newest_point_of_a_batch_is_by_step_then_timestamp_then_the_later() -> None:
+    from services.tracker.points import Batch, Newest, newest
+
+    one = Batch(("loss",) * 4, (3, 7, 7, 2), (0.1, 0.2, 0.3, 0.4), (5, 9, 8, 9))
+    assert newest(one) == [Newest("loss", 7, 0.2, 9)]
+    tie = Batch(("loss",) * 3, (7, 7, 1), (0.1, 0.2, 0.3), (5, 5, 5))
+    assert newest(tie) == [Newest("loss", 7, 0.2, 5)]
+    unique = Batch(("loss",) * 3, (1, 9, 4), (0.1, 0.2, 0.3), (5, 1, 9))
+    assert newest(unique) == [Newest("loss", 9, 0.2, 1)]
+    mixed = Batch(("b", "a", "b", "a"), (2, 1, 2, 0), (0.1, 0.2, 0.3, 0.4), (1, 1, 1, 9))
+    assert newest(mixed) == [Newest("a", 1, 0.2, 1), Newest("b", 2, 0.3, 1)]
+
+
+async def test_points_for_a_run_that_is_gone_are_refused_whole(db_url: str) -> None:
+    """tracker_metrics has no foreign key: a batch stands or falls with its latest-metrics
+    row, whose foreign key still checks the run (here past a stale owner cache)."""
+    from sqlalchemy import func, select
+
+    from services.tracker.tables import metrics
+
+    s = await store_for(db_url)
+    s._owners["gone"] = "alice"  # as a replica that has not seen the purge would have it
+    for n in (1, 500):  # one statement, and COPY
+        with pytest.raises(NotFound):
+            await s.log_metrics("gone", "alice", [Point("loss", 0.5, i) for i in range(n)])
+    assert "gone" not in s._owners
+    async with s.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(metrics))).scalar() == 0
+    await s.close()
+
+
+async def test_a_batch_over_several_insert_statements_is_stored_whole(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.tracker import points
+
+    monkeypatch.setattr(points, "MAX_ROWS", 7)  # SQLite splits a batch at this many rows
+    s = await store_for(db_url)
+    exp = await s.create_experiment("alice", "e")
+    run = await s.create_run(exp.id, "alice", "r")
+    await s.log_metrics(run.id, "alice", [Point("loss", i / 10, i, 1000 + i) for i in range(50)])
+    got = await s.history(run.id, "alice", "loss", 0, 100, "")
+    assert list(got.steps) == list(range(50)) and got.values[49] == 4.9
+    assert list(got.timestamps) == [1000 + i for i in range(50)]
+    await s.close()
 
 
 async def test_eight_concurrent_writers_lose_nothing(db_url: str) -> None:
@@ -104,13 +151,13 @@ async def test_eight_concurrent_writers_lose_nothing(db_url: str) -> None:
             await s.log_metrics(run.id, "alice", points)
 
     await asyncio.gather(*(writer(w) for w in range(8)))
-    points, token, _ = await s.history(run.id, "alice", "acc", 0, 10_000, "")
-    assert not token and len(points) == 8 * 5 * 100
-    steps = [p.step for p in points]
+    got = await s.history(run.id, "alice", "acc", 0, 10_000, "")
+    assert not got.next_page_token and len(got.steps) == 8 * 5 * 100
+    steps = list(got.steps)
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
     latest = (await s.run_details([run.id]))[run.id]["latest"][0]
     assert latest.step == 7 * 10_000 + 4 * 100 + 99
-    await s.engine.dispose()
+    await s.close()
 
 
 async def test_search_runs_with_filters_order_and_pages(db_url: str) -> None:
@@ -156,7 +203,7 @@ async def test_search_runs_with_filters_order_and_pages(db_url: str) -> None:
         await s.search_runs("alice", [], "metrics.accuracy >> 1", [], 50, "")
     assert info.value.violations[0].field == "filter"
     assert "column 19" in info.value.violations[0].description
-    await s.engine.dispose()
+    await s.close()
 
 
 async def test_migration_matches_the_table_definitions(db_url: str) -> None:
@@ -175,4 +222,4 @@ async def test_migration_matches_the_table_definitions(db_url: str) -> None:
             }
         )
     assert found == {t.name: sorted(c.name for c in t.columns) for t in metadata.sorted_tables}
-    await s.engine.dispose()
+    await s.close()
