@@ -111,6 +111,8 @@ def main() -> int:
             port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
             proc = start(name, [sys.executable, "-m", module])
             if worker:
+                if name == "trainer":  # jobs at once per training worker, from the settings
+                    threads = int(env.get("NEURAL_WORKER_THREADS", threads))
                 start(
                     f"{name}-worker",
                     [str(BIN / "dramatiq"), worker, "--processes", "1", "--threads", str(threads)],

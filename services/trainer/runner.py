@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import shutil
 import threading
 import time
@@ -218,6 +219,7 @@ class JobRunner:
                 learning_rate=req.learning_rate,
                 validation_split=req.validation_split,
                 hparams=hparams,
+                threads=self._threads(),
             )
         except DSLError as exc:
             d = exc.first
@@ -225,6 +227,14 @@ class JobRunner:
         except (DatasetError, ValueError) as exc:
             raise JobFailed(str(exc)) from None
         return network, data, spec
+
+    def _threads(self) -> int | None:
+        """The cores one job may use: all of them, shared out when a worker process runs
+        several jobs at once (NEURAL_WORKER_THREADS), so jobs do not fight over them."""
+        per_process = self.res.settings.worker_threads
+        if per_process <= 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // per_process)
 
     def _load_uploaded(self, dataset_id: str) -> Arrays:
         async def load() -> Arrays:
