@@ -9,9 +9,9 @@ from neural.v1 import compiler_pb2_grpc
 from neural_dsl import Limits
 from service_kit import db
 from service_kit.auth import AuthStore
-from service_kit.broker import redis_ping, setup_broker
+from service_kit.broker import setup_broker
 from service_kit.jobs import JobStore
-from service_kit.server import ServiceSpec
+from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,6 +30,9 @@ class App:
     jobs: JobStore
     registry: Registry
     spec: ServiceSpec
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
 async def migrate(engine: AsyncEngine, auth: AuthStore) -> None:
@@ -51,16 +54,10 @@ async def build(settings: Settings) -> App:
         registry, jobs, Limits(max_source_bytes=settings.max_source_bytes), compile_model
     )
 
-    async def database_up() -> bool:
-        return await db.ping(engine)
-
-    async def redis_up() -> bool:
-        return await redis_ping(settings.redis_url)
-
     spec = ServiceSpec(
         "compiler",
         [(compiler_pb2_grpc.add_CompilerServiceServicer_to_server, service, SERVICE)],
         METHOD_ROLES,
-        health_checks=[database_up, redis_up],
+        health_checks=dependency_checks(engine, settings.redis_url),
     )
     return App(engine, auth, jobs, registry, spec)

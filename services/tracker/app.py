@@ -8,8 +8,7 @@ from pathlib import Path
 from neural.v1 import tracker_pb2_grpc
 from service_kit import db
 from service_kit.auth import AuthStore
-from service_kit.broker import redis_ping
-from service_kit.server import ServiceSpec
+from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,6 +27,9 @@ class App:
     store: TrackerStore
     spec: ServiceSpec
 
+    async def close(self) -> None:
+        await self.store.close()  # and its engine
+
 
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
@@ -39,16 +41,10 @@ async def build(settings: Settings) -> App:
         store, LocalArtifactStore(settings.storage_dir / "tracker"), settings.redis_url
     )
 
-    async def database_up() -> bool:
-        return await db.ping(engine)
-
-    async def redis_up() -> bool:
-        return await redis_ping(settings.redis_url)
-
     spec = ServiceSpec(
         "tracker",
         [(tracker_pb2_grpc.add_TrackerServiceServicer_to_server, service, SERVICE)],
         METHOD_ROLES,
-        health_checks=[database_up, redis_up],
+        health_checks=dependency_checks(engine, settings.redis_url),
     )
     return App(engine, auth, store, spec)

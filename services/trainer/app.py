@@ -11,9 +11,9 @@ from neural_dsl import Limits
 from prometheus_client import REGISTRY
 from service_kit import db, webhooks
 from service_kit.auth import AuthStore
-from service_kit.broker import QueueDepth, redis_ping, setup_broker
+from service_kit.broker import QueueDepth, setup_broker
 from service_kit.jobs import JobStore
-from service_kit.server import ServiceSpec
+from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings, service_address
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +31,9 @@ class App:
     auth: AuthStore
     jobs: JobStore
     spec: ServiceSpec
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
 async def build(settings: Settings) -> App:
@@ -62,16 +65,10 @@ async def build(settings: Settings) -> App:
     with contextlib.suppress(ValueError):  # already registered: build() ran before here
         REGISTRY.register(QueueDepth(settings.redis_url, ["training", "trainer.webhooks"]))
 
-    async def database_up() -> bool:
-        return await db.ping(engine)
-
-    async def redis_up() -> bool:
-        return await redis_ping(settings.redis_url)
-
     spec = ServiceSpec(
         "trainer",
         [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, service, SERVICE)],
         METHOD_ROLES,
-        health_checks=[database_up, redis_up],
+        health_checks=dependency_checks(engine, settings.redis_url),
     )
     return App(engine, auth, jobs, spec)

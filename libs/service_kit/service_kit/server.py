@@ -4,6 +4,7 @@ interceptor, size limits, migrations at start and a graceful stop on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -15,9 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from . import logs
 from .auth import AuthStore
 from .interceptors import Interceptor
-from .settings import Settings
+from .settings import Settings, load
 
 log = logging.getLogger("neural.server")
 
@@ -31,6 +33,20 @@ class ServiceSpec:
     public_methods: frozenset[str] = frozenset()
     # Each returns True when its dependency (database, Redis) answers.
     health_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
+
+
+def dependency_checks(engine: Any, redis_url: str) -> list[Callable[[], Awaitable[bool]]]:
+    """The health checks of a service that needs its database and Redis."""
+    from . import db
+    from .broker import redis_ping
+
+    async def database_up() -> bool:
+        return await db.ping(engine)
+
+    async def redis_up() -> bool:
+        return await redis_ping(redis_url)
+
+    return [database_up, redis_up]
 
 
 async def _watch_health(
@@ -111,3 +127,23 @@ async def serve(
 
 
 __all__ = ["ServiceSpec", "grpc", "serve"]
+
+
+def main(name: str, build: Callable[[Settings], Awaitable[Any]]) -> None:
+    """`python -m services.<name>`: settings, logs, the service's wiring (`build` returns an
+    object with `spec`, `auth` and `async close()`), then serve until SIGTERM."""
+
+    async def run() -> None:
+        settings = load(name)
+        logs.setup(name, settings.log_level)
+        app = await build(settings)
+        # What is loaded by now (modules, metadata, stubs) lives as long as the process: out
+        # of the collector's full passes, which otherwise walk all of it, for tens of
+        # milliseconds, while a large response allocates its objects.
+        gc.freeze()
+        try:
+            await serve(app.spec, settings, app.auth)
+        finally:
+            await app.close()
+
+    asyncio.run(run())
