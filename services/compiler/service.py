@@ -168,17 +168,7 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
             },
         )
         assert self.enqueue is not None
-        try:
-            await asyncio.to_thread(self.enqueue.send, rec.id)
-        except Exception as exc:
-            await self.jobs.update(
-                rec.id,
-                "failed",
-                "could not be queued",
-                state="failed",
-                error="the job queue is unavailable",
-            )
-            raise errors.Unavailable("the job queue (Redis) is unavailable") from exc
+        await self.jobs.enqueue(rec, self.enqueue)
         return convert.job(rec)
 
     async def GetCompileJob(self, request: Any, context: Any) -> common_pb2.Job:

@@ -43,7 +43,6 @@ BUILTINS = {
     trainer_pb2.BUILTIN_DATASET_BREAST_CANCER: "breast_cancer",
 }
 MAX_TRIALS = 1000
-MAX_SYNTHETIC_SAMPLES = 1_000_000
 
 METHOD_ROLES = {
     f"/{SERVICE}/{m}": "viewer"
@@ -125,12 +124,10 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
             return {"builtin": name}, data.x.shape[1:], data.num_classes
         if which == "synthetic":
             s = spec.synthetic
-            if not 1 <= s.num_samples <= MAX_SYNTHETIC_SAMPLES:
-                raise _bad(
-                    "dataset.synthetic.num_samples", f"between 1 and {MAX_SYNTHETIC_SAMPLES}"
-                )
-            if not 2 <= s.num_classes <= 10_000:
-                raise _bad("dataset.synthetic.num_classes", "between 2 and 10000")
+            if not 1 <= s.num_samples <= datasets.MAX_SAMPLES:
+                raise _bad("dataset.synthetic.num_samples", f"between 1 and {datasets.MAX_SAMPLES}")
+            if not 2 <= s.num_classes <= datasets.MAX_CLASSES:
+                raise _bad("dataset.synthetic.num_classes", f"between 2 and {datasets.MAX_CLASSES}")
             stored = {"num_samples": s.num_samples, "num_classes": s.num_classes, "seed": s.seed}
             return {"synthetic": stored}, (), s.num_classes
         if which == "dataset_id":
@@ -230,14 +227,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def _submit(self, kind: str, req: TrainingRequest, actor_name: str) -> common_pb2.Job:
         rec = await self.jobs.create(kind, principal().subject, req.to_json())
-        try:
-            await asyncio.to_thread(self.actors[actor_name].send, rec.id)
-        except Exception as exc:
-            await self.jobs.update(
-                rec.id, "failed", "could not be queued", state="failed",
-                error="the job queue is unavailable",
-            )  # fmt: skip
-            raise errors.Unavailable("the job queue (Redis) is unavailable") from exc
+        await self.jobs.enqueue(rec, self.actors[actor_name])
         return job_messages.job(rec)
 
     async def _get(self, job_id: str, kind: str) -> JobRecord:

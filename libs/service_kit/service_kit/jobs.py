@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import db, pagination
-from .errors import FailedPrecondition, NotFound
+from .errors import FailedPrecondition, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from .webhooks import Delivery, WebhookSender
@@ -166,6 +166,22 @@ class JobStore:
                 )
             )
         return rec
+
+    async def enqueue(self, rec: JobRecord, actor: Any) -> None:
+        """Put the job's message on its Dramatiq queue. When Redis will not take it, the job
+        fails at once (nothing would ever run it) and the caller gets UNAVAILABLE."""
+        try:
+            await asyncio.to_thread(actor.send, rec.id)
+        except Exception as exc:
+            await self.update(
+                rec.id,
+                "failed",
+                "could not be queued",
+                state=FAILED,
+                ended_at=now(),
+                error="the job queue is unavailable",
+            )
+            raise Unavailable("the job queue (Redis) is unavailable") from exc
 
     async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
         async with self.sessions() as s:
