@@ -1,7 +1,9 @@
 """Tracker ingest and read-back, against a raw asyncpg insert of the same rows, in one run.
 
 For SQLite and PostgreSQL: metric points per second through `LogMetrics` (batches of 1000)
-and through `StreamMetrics`, single-point `LogMetrics` calls per second, the time of one
+and through `StreamMetrics`, single-point `LogMetrics` calls per second (through a blocking
+stub, as a training loop and MLflow's client call, and through grpc.aio) beside the same
+server's health check (the floor of any call on this machine), the time of one
 10,000-point `GetMetricHistory` page (median of 5, as Metric messages and as columns), the
 time to read back a 100,000-point history; and, on PostgreSQL, a raw asyncpg `executemany`
 of the same rows into the same table (the ratio is the service's overhead). With `mlflow`
@@ -47,7 +49,7 @@ for s in range(0, points, 1000):
     c.log_batch(run, metrics=[Metric("loss", 1.0 / (i + 1), now, i) for i in range(s, s + 1000)])
 batch = points / (time.perf_counter() - t0)
 run2 = c.create_run(exp).info.run_id
-singles = 100
+singles = 300
 t0 = time.perf_counter()
 for i in range(singles):
     c.log_metric(run2, "acc", 0.5, step=i)
@@ -212,6 +214,42 @@ async def raw_asyncpg(dsn: str, points: int) -> float:
         await conn.close()
 
 
+def sync_singles(port: int, key: str, calls: int = 1000) -> dict[str, float]:
+    """Single-point LogMetrics through a blocking stub, and the health check of the same
+    server: the cheapest call there is, so the floor under any RPC's rate here."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from neural.v1 import tracker_pb2, tracker_pb2_grpc
+
+    md = (("authorization", f"Bearer {key}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        t = tracker_pb2_grpc.TrackerServiceStub(ch)
+        exp = t.CreateExperiment(
+            tracker_pb2.CreateExperimentRequest(
+                experiment=tracker_pb2.Experiment(name=f"sync-{uuid.uuid4().hex[:6]}")
+            ),
+            metadata=md,
+        )
+        run = t.CreateRun(
+            tracker_pb2.CreateRunRequest(experiment_id=exp.id, run=tracker_pb2.Run(name="s")),
+            metadata=md,
+        ).id
+        t0 = time.perf_counter()
+        for i in range(calls):
+            t.LogMetrics(
+                tracker_pb2.LogMetricsRequest(
+                    run_id=run, metrics=[tracker_pb2.Metric(key="acc", value=0.5, step=i)]
+                ),
+                metadata=md,
+            )
+        single = calls / (time.perf_counter() - t0)
+        check = health_pb2_grpc.HealthStub(ch).Check
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            check(health_pb2.HealthCheckRequest())
+        floor = calls / (time.perf_counter() - t0)
+    return {"single_sync_calls_per_s": single, "health_calls_per_s": floor}
+
+
 def run_backend(name: str, database_url: str, points: int, scale: bool) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-bench-"))
     port = free_port()
@@ -250,7 +288,8 @@ def run_backend(name: str, database_url: str, points: int, scale: bool) -> dict[
     server = subprocess.Popen([sys.executable, "-m", "services.tracker"], env=env, cwd=ROOT)
     try:
         wait_port(port)
-        return asyncio.run(workload(port, key, points, scale))
+        out = asyncio.run(workload(port, key, points, scale))
+        return out | sync_singles(port, key)
     finally:
         server.terminate()
         server.wait(30)
@@ -280,7 +319,8 @@ def show(label: str, r: dict[str, float]) -> None:
     print(
         f"{label:10s} LogMetrics(1000) {r['batch_points_per_s']:9,.0f} pts/s   "
         f"stream {r['stream_points_per_s']:9,.0f} pts/s   "
-        f"single {r['single_calls_per_s']:6,.0f} calls/s   "
+        f"single {r['single_sync_calls_per_s']:6,.0f} calls/s (aio "
+        f"{r['single_calls_per_s']:,.0f}; health check {r['health_calls_per_s']:,.0f})   "
         f"history 10k {r['history_10k_s'] * 1e3:5.1f} ms "
         f"(columns {r['history_10k_columns_s'] * 1e3:4.1f} ms), "
         f"{r['history_points']:,.0f} pts in {r['history_read_s']:.2f} s"
@@ -374,7 +414,7 @@ def main() -> int:
         print(
             f"ours/mlflow on {label:8s}: ingest {r['batch_points_per_s'] / ml['batch']:6.1f}x "
             f"(stream {r['stream_points_per_s'] / ml['batch']:6.1f}x), single calls "
-            f"{r['single_calls_per_s'] / ml['single']:6.1f}x, history 10k "
+            f"{r['single_sync_calls_per_s'] / ml['single']:6.1f}x, history 10k "
             f"{ml['history_s'] / r['history_10k_s']:6.1f}x faster "
             f"(columns {ml['history_s'] / r['history_10k_columns_s']:6.1f}x)"
         )

@@ -259,9 +259,9 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             next_page_token=page.next_page_token, downsampled=page.downsampled
         )
         if request.view == tracker_pb2.METRIC_HISTORY_VIEW_COLUMNS:
-            response.steps.extend(page.steps)  # packed arrays: filled in C
-            response.values.extend(page.values)
-            response.timestamps_ms.extend(page.timestamps)
+            response.steps.extend(page.steps.tolist())  # packed arrays: filled in C
+            response.values.extend(page.values.tolist())
+            response.timestamps_ms.extend(page.timestamps.tolist())
             return response
         wire.fill(response, request.key, page.steps, page.values, page.timestamps)
         return response

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from service_kit import db, pagination
 from service_kit.errors import (
     AlreadyExists,
@@ -25,8 +26,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import filters
-from .points import Batch, UnknownRun, for_url, newest
-from .tables import artifacts, experiments, latest_metrics, metrics, params, runs, tags
+from .points import Batch, Columns, UnknownRun, for_url, newest
+from .tables import (
+    artifacts,
+    experiments,
+    latest_metrics,
+    metric_blocks,
+    metrics,
+    params,
+    runs,
+    tags,
+)
 
 MAX_BATCH = 1000
 MAX_KEY = 250
@@ -50,11 +60,11 @@ class Point(NamedTuple):
 
 
 class Series(NamedTuple):
-    """A page of one metric's history, as columns."""
+    """A page of one metric's history, as numpy columns."""
 
-    steps: Sequence[int]
-    values: Sequence[float]
-    timestamps: Sequence[int]
+    steps: np.ndarray
+    values: np.ndarray
+    timestamps: np.ndarray
     next_page_token: str
     downsampled: bool
 
@@ -170,7 +180,7 @@ class TrackerStore:
                     )
                 ).all()
             ]
-            for table in (metrics, latest_metrics, params, tags, artifacts):
+            for table in (metrics, metric_blocks, latest_metrics, params, tags, artifacts):
                 await s.execute(
                     delete(table).where(
                         table.c.run_id.in_(select(runs.c.id).where(runs.c.experiment_id == exp_id))
@@ -370,57 +380,40 @@ class TrackerStore:
             sampled = await self._sample(run_id, key, max_points, size, token)
             if sampled is not None:
                 return sampled
-        # Keyset paging on step (through the run/key/step index), so reading a long history
-        # costs the same per page from the first to the last. The token keeps how many points
-        # at the page's last step were already sent (steps may repeat).
+        # Keyset paging on step, so reading a long history costs the same per page from the
+        # first to the last. The token keeps how many points at the page's last step were
+        # already sent (steps may repeat).
         last_step, skip = pagination.decode(token) if token else (None, 0)  # type: ignore[misc]
         from_step = None if last_step is None else int(last_step)
-        rows = await self.points.page(run_id, key, from_step, int(skip), size + 1)
-        steps, values, stamps = zip(*rows, strict=True) if rows else ((), (), ())
-        next_token = ""
-        if len(rows) > size:
-            steps, values, stamps = steps[:size], values[:size], stamps[:size]
-            end = steps[-1]
-            n = steps.count(end)
-            if from_step == end and n == len(steps):
-                n += int(skip)
-            next_token = pagination.encode((end, n))
-        return Series(steps, values, stamps, next_token, False)
+        got = await self.points.page(run_id, key, from_step, int(skip), size + 1)
+        if len(got) <= size:
+            return Series(*got, "", False)
+        steps, values, stamps = (column[:size] for column in got)
+        end = int(steps[-1])
+        n = int((steps == end).sum())
+        if from_step == end and n == len(steps):
+            n += int(skip)
+        return Series(steps, values, stamps, pagination.encode((end, n)), False)
 
     async def _sample(
         self, run_id: str, key: str, max_points: int, size: int, token: str
     ) -> Series | None:
-        """Every k-th point by step (and the last) when the series is longer than max_points;
-        pages are offsets into that sample, which max_points keeps small. None when the
-        whole series fits."""
-        where = and_(metrics.c.run_id == run_id, metrics.c.key == key)
-        async with self.engine.connect() as s:
-            total = (await s.execute(select(func.count()).where(where))).scalar_one()
-            if total <= max_points:
-                return None
-            offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
-            every = math.ceil(total / max_points)
-            numbered = (
-                select(metrics.c.step, metrics.c.value, metrics.c.timestamp)
-                .where(where)
-                .add_columns(
-                    func.row_number()
-                    .over(order_by=(metrics.c.step, metrics.c.timestamp))
-                    .label("n")
-                )
-                .subquery()
-            )
-            sample = select(numbered.c.step, numbered.c.value, numbered.c.timestamp).where(
-                or_((numbered.c.n - 1) % every == 0, numbered.c.n == total)
-            )
-            rows = (
-                await s.execute(sample.order_by(numbered.c.step).offset(offset).limit(size + 1))
-            ).all()
-        page = rows[:size]
-        steps, values, stamps = zip(*page, strict=True) if page else ((), (), ())
-        more = len(rows) > size
+        """Every k-th point in (step, timestamp) order, and the last, when the series is
+        longer than max_points; pages are offsets into that sample, which max_points keeps
+        small. None when the whole series fits."""
+        total = await self.points.count(run_id, key)
+        if total <= max_points:
+            return None
+        offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
+        every = math.ceil(total / max_points)
+        whole = await self.points.page(run_id, key, None, 0, None)
+        picked = np.unique(np.append(np.arange(0, len(whole), every), len(whole) - 1))
+        page = picked[offset : offset + size]
+        more = offset + size < len(picked)
         return Series(
-            steps, values, stamps, pagination.encode(("o", offset + size)) if more else "", True
+            *(column[page] for column in whole),
+            pagination.encode(("o", offset + size)) if more else "",
+            True,
         )
 
     # ------------------------------------------------------------------ artifacts
@@ -583,19 +576,25 @@ def _order_column(entity: str, key: str) -> Any:
 async def series(
     store: TrackerStore, run_ids: Sequence[str], keys: Sequence[str], limit: int = 200_000
 ) -> dict[str, dict[str, list[tuple[int, float, int]]]]:
-    """(step, value, timestamp) per run and key, ordered by step (all keys when none given)."""
+    """(step, value, timestamp) per run and key, ordered by step (all keys when none given),
+    at most `limit` points in all."""
     out: dict[str, dict[str, list[tuple[int, float, int]]]] = {r: {} for r in run_ids}
-    query = select(
-        metrics.c.run_id, metrics.c.key, metrics.c.step, metrics.c.value, metrics.c.timestamp
-    ).where(metrics.c.run_id.in_(list(run_ids)))
+    # Every series has a latest point: its row names the series without reading it.
+    query = select(latest_metrics.c.run_id, latest_metrics.c.key).where(
+        latest_metrics.c.run_id.in_(list(run_ids))
+    )
     if keys:
-        query = query.where(metrics.c.key.in_(list(keys)))
-    query = query.order_by(
-        metrics.c.run_id, metrics.c.key, metrics.c.step, metrics.c.timestamp
-    ).limit(limit)
+        query = query.where(latest_metrics.c.key.in_(list(keys)))
     async with store.sessions() as s:
-        for r in await s.execute(query):
-            out[r.run_id].setdefault(r.key, []).append((r.step, r.value, r.timestamp))
+        found = (
+            await s.execute(query.order_by(latest_metrics.c.run_id, latest_metrics.c.key))
+        ).all()
+    for run_id, key in found:
+        if limit <= 0:
+            break
+        got: Columns = await store.points.page(run_id, key, None, 0, limit)
+        out[run_id][key] = got.rows()
+        limit -= len(got)
     return out
 
 

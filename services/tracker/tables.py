@@ -1,7 +1,8 @@
 """The tracker's tables (it owns `tracker_*`).
 
-Metric points are append-only rows keyed by (run, key, step); `tracker_latest_metrics` keeps
-the newest point of each series, so search and listings never scan the history."""
+Metric points are append-only: a trickle as rows keyed by (run, key, step), bulk batches as
+blocks of packed arrays (points.py says why); `tracker_latest_metrics` keeps the newest point
+of each series, so search and listings never scan the history."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -86,6 +89,24 @@ metrics = Table(
     Column("value", Float, nullable=False),
     Column("timestamp", BigInteger, nullable=False),  # milliseconds since the epoch
     Index("ix_tracker_metrics_run_key_step", "run_id", "key", "step", "timestamp"),
+)
+
+# A key's points from one bulk batch: steps and timestamps as little-endian int64, values as
+# float64, in arrival order; first/last_step bound the steps so a page reads only the blocks
+# that reach it. No foreign key, as for tracker_metrics.
+metric_blocks = Table(
+    "tracker_metric_blocks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("run_id", String(36), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("first_step", BigInteger, nullable=False),
+    Column("last_step", BigInteger, nullable=False),
+    Column("point_count", Integer, nullable=False),
+    Column("steps", LargeBinary, nullable=False),
+    Column("metric_values", LargeBinary, nullable=False),
+    Column("timestamps", LargeBinary, nullable=False),
+    Index("ix_tracker_metric_blocks_run_key_first", "run_id", "key", "first_step"),
 )
 
 latest_metrics = Table(

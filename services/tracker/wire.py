@@ -114,7 +114,8 @@ def fill(response: Any, key: str, steps: Any, values: Any, timestamps_ms: Any) -
         response.MergeFromString(metric_points(key, steps, values, timestamps_ms))
         return
     add = response.metrics.add
-    for step, value, ms in zip(steps, values, timestamps_ms, strict=True):
+    columns = (np.asarray(c).tolist() for c in (steps, values, timestamps_ms))
+    for step, value, ms in zip(*columns, strict=True):
         # A dict is the cheapest way to fill the sub-message from Python.
         add(
             key=key,

@@ -107,20 +107,21 @@ def test_the_newest_point_of_a_batch_is_by_step_then_timestamp_then_the_later() 
 
 
 async def test_points_for_a_run_that_is_gone_are_refused_whole(db_url: str) -> None:
-    """tracker_metrics has no foreign key: a batch stands or falls with its latest-metrics
-    row, whose foreign key still checks the run (here past a stale owner cache)."""
+    """Points have no foreign key: a batch stands or falls with its latest-metrics row, whose
+    foreign key still checks the run (here past a stale owner cache)."""
     from sqlalchemy import func, select
 
-    from services.tracker.tables import metrics
+    from services.tracker.tables import metric_blocks, metrics
 
     s = await store_for(db_url)
     s._owners["gone"] = "alice"  # as a replica that has not seen the purge would have it
-    for n in (1, 500):  # one statement, and COPY
+    for n in (1, 500):  # a row, and a block
         with pytest.raises(NotFound):
             await s.log_metrics("gone", "alice", [Point("loss", 0.5, i) for i in range(n)])
     assert "gone" not in s._owners
     async with s.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(metrics))).scalar() == 0
+        for table in (metrics, metric_blocks):
+            assert (await conn.execute(select(func.count()).select_from(table))).scalar() == 0
     await s.close()
 
 
@@ -129,14 +130,18 @@ async def test_a_batch_over_several_insert_statements_is_stored_whole(
 ) -> None:
     from services.tracker import points
 
-    monkeypatch.setattr(points, "MAX_ROWS", 7)  # SQLite splits a batch at this many rows
+    monkeypatch.setattr(points, "MAX_ROWS", 7)  # SQLite splits a batch's rows at this many
     s = await store_for(db_url)
     exp = await s.create_experiment("alice", "e")
     run = await s.create_run(exp.id, "alice", "r")
-    await s.log_metrics(run.id, "alice", [Point("loss", i / 10, i, 1000 + i) for i in range(50)])
-    got = await s.history(run.id, "alice", "loss", 0, 100, "")
-    assert list(got.steps) == list(range(50)) and got.values[49] == 4.9
-    assert list(got.timestamps) == [1000 + i for i in range(50)]
+    # ten keys of five points: too few each for a block, so fifty rows
+    batch = [Point(f"k{i % 10}", i / 10, i, 1000 + i) for i in range(50)]
+    await s.log_metrics(run.id, "alice", batch)
+    for k in range(10):
+        got = await s.history(run.id, "alice", f"k{k}", 0, 100, "")
+        assert list(got.steps) == list(range(k, 50, 10))
+        assert list(got.timestamps) == [1000 + i for i in range(k, 50, 10)]
+        assert got.values[-1] == (40 + k) / 10
     await s.close()
 
 
