@@ -39,6 +39,7 @@ from .tables import (
 )
 
 MAX_BATCH = 1000
+SAMPLE_READ = 100_000  # points read at a time to downsample a series
 MAX_KEY = 250
 MAX_VALUE = 6000
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
@@ -67,6 +68,16 @@ class Series(NamedTuple):
     timestamps: np.ndarray
     next_page_token: str
     downsampled: bool
+
+
+def _after(page: Columns, from_step: int | None, skip: int) -> tuple[int, int]:
+    """The keyset cursor past a full page: its last step, and how many points at that step
+    were sent already (steps may repeat, even across pages)."""
+    end = int(page.steps[-1])
+    n = int((page.steps == end).sum())
+    if from_step == end and n == len(page):
+        n += skip
+    return end, n
 
 
 def _key(name: str, what: str) -> None:
@@ -381,37 +392,46 @@ class TrackerStore:
             if sampled is not None:
                 return sampled
         # Keyset paging on step, so reading a long history costs the same per page from the
-        # first to the last. The token keeps how many points at the page's last step were
-        # already sent (steps may repeat).
+        # first to the last.
         last_step, skip = pagination.decode(token) if token else (None, 0)  # type: ignore[misc]
         from_step = None if last_step is None else int(last_step)
         got = await self.points.page(run_id, key, from_step, int(skip), size + 1)
         if len(got) <= size:
             return Series(*got, "", False)
-        steps, values, stamps = (column[:size] for column in got)
-        end = int(steps[-1])
-        n = int((steps == end).sum())
-        if from_step == end and n == len(steps):
-            n += int(skip)
-        return Series(steps, values, stamps, pagination.encode((end, n)), False)
+        page = Columns(*(column[:size] for column in got))
+        return Series(*page, pagination.encode(_after(page, from_step, int(skip))), False)
 
     async def _sample(
         self, run_id: str, key: str, max_points: int, size: int, token: str
     ) -> Series | None:
         """Every k-th point in (step, timestamp) order, and the last, when the series is
         longer than max_points; pages are offsets into that sample, which max_points keeps
-        small. None when the whole series fits."""
+        small. None when the whole series fits. The series is read SAMPLE_READ points at a
+        time, so memory stays bounded however long it is."""
         total = await self.points.count(run_id, key)
         if total <= max_points:
             return None
         offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
         every = math.ceil(total / max_points)
-        whole = await self.points.page(run_id, key, None, 0, None)
-        picked = np.unique(np.append(np.arange(0, len(whole), every), len(whole) - 1))
-        page = picked[offset : offset + size]
-        more = offset + size < len(picked)
+        kept: list[Columns] = []
+        last: Columns | None = None
+        seen, from_step, skip = 0, None, 0
+        while True:
+            got = await self.points.page(run_id, key, from_step, skip, SAMPLE_READ)
+            at = np.arange(seen, seen + len(got))
+            kept.append(Columns(*(column[at % every == 0] for column in got)))
+            seen += len(got)
+            if len(got):
+                last = Columns(*(column[-1:] for column in got))
+            if len(got) < SAMPLE_READ:
+                break
+            from_step, skip = _after(got, from_step, skip)
+        if last is not None and (seen - 1) % every:  # the last point, always
+            kept.append(last)
+        sample = [np.concatenate(c) for c in zip(*kept, strict=True)]
+        more = offset + size < len(sample[0])
         return Series(
-            *(column[page] for column in whole),
+            *(column[offset : offset + size] for column in sample),
             pagination.encode(("o", offset + size)) if more else "",
             True,
         )

@@ -203,3 +203,36 @@ async def test_downgrade_unpacks_blocks_into_rows(db_url: str) -> None:
     page = await again.history(run.id, "alice", "loss", 0, 1000, "")
     assert page.steps.tolist() == list(range(65)) and np.isclose(page.values[8], 1.0)
     await again.close()
+
+
+@pytest.mark.parametrize("read", [7, 40, 100_000])
+async def test_downsampling_reads_the_series_a_part_at_a_time(
+    db_url: str, read: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every k-th point and the last, the same however many points are read at a time
+    (steps repeat across the parts' boundaries here), paged by offset."""
+    from services.tracker import store as store_module
+
+    monkeypatch.setattr(store_module, "SAMPLE_READ", read)
+    s = await store_for(db_url)
+    exp = await s.create_experiment("alice", "e")
+    run = await s.create_run(exp.id, "alice", "r")
+    rng = random.Random(3)
+    sent = [(rng.randrange(60), t) for t in range(203)]  # 203 points, many per step
+    for at in range(0, len(sent), 50):
+        part = sent[at : at + 50]
+        await s.log_metrics(run.id, "alice", [Point("x", float(t), st, t + 1) for st, t in part])
+    ordered = sorted((st, t + 1) for st, t in sent)
+    every = -(-len(ordered) // 20)
+    want = ordered[::every] + ([ordered[-1]] if (len(ordered) - 1) % every else [])
+    got: list[tuple[int, int]] = []
+    token = ""
+    while True:
+        page = await s.history(run.id, "alice", "x", 20, 6, token)
+        assert page.downsampled
+        got += zip(page.steps.tolist(), page.timestamps.tolist(), strict=True)
+        token = page.next_page_token
+        if not token:
+            break
+    assert got == want
+    await s.close()
