@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--onnx-rounds", type=int, default=2)
-    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "dsl-corpus")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "tests" / "dsl" / "corpus")
     args = ap.parse_args()
 
     programs = {}

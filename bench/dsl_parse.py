@@ -69,7 +69,7 @@ def time_ours(files: dict[str, str], rounds: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "dsl-corpus")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "tests" / "dsl" / "corpus")
     args = ap.parse_args()
     files = {
         p.name: p.read_text(encoding="utf-8")

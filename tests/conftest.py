@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def corpus_dir() -> Path:
-    """The DSL corpus: ../shared/dsl-corpus beside the repository (where CI lays it)."""
-    return Path(os.environ.get("NEURAL_DSL_CORPUS", ROOT.parent / "shared" / "dsl-corpus"))
+    """The DSL compatibility corpus, kept in the repository (tests/dsl/corpus, see its README);
+    NEURAL_DSL_CORPUS points the tests at another copy."""
+    return Path(os.environ.get("NEURAL_DSL_CORPUS", ROOT / "tests" / "dsl" / "corpus"))
 
 
 @pytest.fixture(scope="session")

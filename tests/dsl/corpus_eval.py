@@ -1,4 +1,4 @@
-"""Runs the compatibility corpus (../shared/dsl-corpus) through the library.
+"""Runs the compatibility corpus (tests/dsl/corpus) through the library.
 
 `python -m tests.dsl.corpus_eval` prints the agreement figures; the tests in
 test_corpus.py pin every outcome, including the cases where we decided against

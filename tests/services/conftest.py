@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -11,7 +12,14 @@ import pytest
 
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
-REDIS_URL = "redis://127.0.0.1:6379/9"
+# The machine's Redis by default; NEURAL_TEST_REDIS_PORT points a run at another one, so two
+# runs side by side (fixed db numbers, flushed by the e2e tests) do not meet.
+REDIS_PORT = int(os.environ.get("NEURAL_TEST_REDIS_PORT", "6379"))
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/9"
+
+
+def redis_url(db: int) -> str:
+    return f"redis://127.0.0.1:{REDIS_PORT}/{db}"
 
 
 async def create_pg_database() -> tuple[str, str]:

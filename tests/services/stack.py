@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import ROOT
-from tests.services.conftest import free_port
+from tests.services.conftest import free_port, redis_url
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -104,7 +104,7 @@ def make_stack(tmp: Path, database_url: str, redis_db: int, service: str = "comp
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "NEURAL_DATABASE_URL": database_url,
-        "NEURAL_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "NEURAL_REDIS_URL": redis_url(redis_db),
         "NEURAL_DATA_DIR": str(tmp),
         "NEURAL_STORAGE_DIR": str(tmp / "storage"),
         f"NEURAL_{service.upper()}_PORT": str(port),

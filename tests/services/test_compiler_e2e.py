@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from service_kit.auth import AuthStore, Principal
 
-from tests.services.conftest import create_pg_database, drop_pg_database
+from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
 from tests.services.receiver import Receiver
 from tests.services.stack import VENV_BIN, Stack, make_stack
 
@@ -47,7 +47,7 @@ HP = {"layers.dense_1.units": 32}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("compiler")
     name, url = asyncio.run(create_pg_database())
-    redis.Redis(db=REDIS_DB).flushdb()
+    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
     s = make_stack(tmp, url, REDIS_DB)
     s.keys = {role: s.create_key(f"{role}-key", role) for role in ("admin", "user", "viewer")}  # type: ignore[attr-defined]
     s.keys["other"] = s.create_key("other-user", "user")  # type: ignore[attr-defined]

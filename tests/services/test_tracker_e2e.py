@@ -14,7 +14,7 @@ import redis
 from google.protobuf import field_mask_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
-from tests.services.conftest import create_pg_database, drop_pg_database
+from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
 from tests.services.stack import Stack, make_stack
 
 REDIS_DB = 10
@@ -24,7 +24,7 @@ REDIS_DB = 10
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("tracker")
     name, url = asyncio.run(create_pg_database())
-    redis.Redis(db=REDIS_DB).flushdb()
+    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
     s = make_stack(tmp, url, REDIS_DB, "tracker")
     s.keys = {r: s.create_key(f"{r}-key", r) for r in ("user", "viewer", "admin")}  # type: ignore[attr-defined]
     s.keys["other"] = s.create_key("other", "user")  # type: ignore[attr-defined]

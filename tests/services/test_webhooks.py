@@ -24,10 +24,11 @@ from service_kit.jobs import RUNNING, SUCCEEDED, JobRecord, JobStore, job_table,
 from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.services.conftest import REDIS_PORT, redis_url
 from tests.services.receiver import Receiver
 
 REDIS_DB = 11
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+REDIS_URL = redis_url(REDIS_DB)
 SECRET = "whsec-" + "k" * 20
 # Short backoffs and timeouts keep the retries quick; the production defaults are seconds.
 FAST = webhooks.DeliveryOptions(
@@ -168,7 +169,7 @@ class Kit:
 
 @pytest.fixture
 async def kit(db_url: str) -> AsyncIterator[Kit]:
-    redis.Redis(db=REDIS_DB).flushdb()
+    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
     metadata = MetaData()
     jobs = job_table(metadata, "whtest")
     deliveries = webhooks.delivery_table(metadata, "whtest")
