@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 STUBS := libs/neural_api/.generated
 PROTOS := $(wildcard protos/neural/v1/*.proto)
 
-.PHONY: setup test lint bench bench-deps clean run demo
+.PHONY: setup test test-fast lint bench bench-deps clean run demo
 
 setup: $(STAMP) $(STUBS)
 
@@ -35,6 +35,10 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest
+
+# The unit tests alone (no database, Redis or server process): a quick check while editing.
+test-fast: setup
+	$(PY) -m pytest -m unit
 
 bench: setup
 	$(PY) bench/dsl_parse.py

@@ -12,21 +12,35 @@ from neural_dsl.backends import BACKENDS, compile_network
 
 from tests.dsl.helpers import net
 
+# (layers, extra lines, what the validation diagnostic names): each string is refused by
+# validation for the value it smuggles, never reaching a code generator.
 HOSTILE = [
-    ('Flatten()\n    Dense(10, "relu\\"); __import__(\\"os\\").system(\\"touch pwned\\") #")', ""),
-    ("Flatten()\n    Dense(10, 'relu\\nimport os')", ""),
-    ('Flatten()\n    Dense(4) @ "cuda:0\\"); import os #"', ""),
-    ("Flatten()\n    Dense(4)", 'metrics: ["accuracy\\")\\nimport os"]'),
-    ("Flatten()\n    Dense(4)", 'loss: "mse\\\\"'),
-    ("Flatten()\n    Dense(4)", 'optimizer: "Adam(learning_rate=__import__(\\"os\\"))"'),
-    ("Flatten()\n    Dense(4)", 'execution { device: "cpu\\nimport os" }'),
+    (
+        'Flatten()\n    Dense(10, "relu\\"); __import__(\\"os\\").system(\\"touch pwned\\") #")',
+        "",
+        "Invalid activation function",
+    ),
+    ("Flatten()\n    Dense(10, 'relu\\nimport os')", "", "Invalid activation function"),
+    ('Flatten()\n    Dense(4) @ "cuda:0\\"); import os #"', "", "invalid device"),
+    ("Flatten()\n    Dense(4)", 'metrics: ["accuracy\\")\\nimport os"]', "unknown metric"),
+    ("Flatten()\n    Dense(4)", 'loss: "mse\\\\"', "Invalid loss function"),
+    (
+        "Flatten()\n    Dense(4)",
+        'optimizer: "Adam(learning_rate=__import__(\\"os\\"))"',
+        "unknown learning-rate schedule '__import__'",
+    ),
+    ("Flatten()\n    Dense(4)", 'execution { device: "cpu\\nimport os" }', "invalid device"),
 ]
 
 
-@pytest.mark.parametrize(("layers", "extra"), HOSTILE)
-def test_hostile_strings_are_rejected_by_validation(layers: str, extra: str) -> None:
-    with pytest.raises(DSLError):
+@pytest.mark.parametrize(("layers", "extra", "diagnostic"), HOSTILE)
+def test_hostile_strings_are_rejected_by_validation(
+    layers: str, extra: str, diagnostic: str
+) -> None:
+    with pytest.raises(DSLError) as caught:
         check(net(layers, extra=extra))
+    (d,) = caught.value.errors
+    assert d.stage == "semantic" and diagnostic in d.message and d.line >= 5 and d.column > 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

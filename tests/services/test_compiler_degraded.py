@@ -7,10 +7,13 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neural.v1 import compiler_pb2, compiler_pb2_grpc
 
 from tests.services.stack import make_stack
+
+pytestmark = pytest.mark.e2e
 
 
 def test_unreachable_redis_is_not_serving_and_unavailable(tmp_path: Path) -> None:

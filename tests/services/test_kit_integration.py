@@ -16,8 +16,12 @@ from sqlalchemy import inspect
 
 from services.compiler import app as compiler_app
 from services.compiler import tables
-from services.compiler.registry import CompileInput, Registry, compile_artifact
+from services.compiler.compile_step import CompileInput, compile_artifact
+from services.compiler.registry import Registry
 from tests.services.conftest import REDIS_URL
+from tests.waiting import until_async
+
+pytestmark = pytest.mark.integration
 
 SOURCE = """
 network Small {
@@ -101,7 +105,7 @@ async def test_job_store_pages_cancels_and_publishes(db_url: str) -> None:
             events.append((event, rec.state))
 
     task = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
+    await until_async(lambda: events, 10, "the watch's first event")
     await jobs.update(created[1].id, "started", state="running")
     await jobs.update(created[1].id, "completed", state="succeeded", progress=1.0)
     await asyncio.wait_for(task, 10)

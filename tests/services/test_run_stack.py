@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 from tests.conftest import ROOT
 from tests.services.conftest import free_port
+
+pytestmark = pytest.mark.e2e
 
 SOURCE = "network N {\n  input: (4)\n  layers:\n    Dense(3)\n}\n"
 TRAIN_SOURCE = SOURCE.replace("Dense(3)", "Output(3)\n  loss: sparse_categorical_crossentropy")

@@ -16,6 +16,9 @@ from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
 from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
 from tests.services.stack import Stack, make_stack
+from tests.waiting import until
+
+pytestmark = pytest.mark.e2e
 
 REDIS_DB = 10
 
@@ -214,9 +217,7 @@ def test_watch_run_streams_metrics_then_the_end(stack: Stack) -> None:
         ),
         metadata=md(stack),
     )
-    import time
-
-    time.sleep(0.5)
+    until(lambda: any(e.type == "metrics" for e in events), 10, "the metrics event")
     t.UpdateRun(
         tracker_pb2.UpdateRunRequest(
             run=tracker_pb2.Run(id=run_id, status=tracker_pb2.RUN_STATUS_FINISHED),

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from services.tracker.events import NEWEST, RunEvents, channel
+from tests.waiting import until_async
 
 
 class FakePipeline:
@@ -44,7 +44,8 @@ async def test_events_of_a_window_go_in_one_pipeline_merged_and_in_order() -> No
     events.metrics("b", [["acc", 0.9, 1, 1]])
     events.status("a", "FINISHED")
     events.metrics("a", [["loss", 0.3, 160, 1]])
-    await asyncio.sleep(0.1)
+    # the flusher ends once nothing is pending: everything it was going to send is sent
+    await until_async(lambda: redis.sent and events._flusher is None, 5, "the flush to end")
     assert len(redis.sent) == 1
     (flush,) = redis.sent
     assert [(name, m["type"]) for name, m in flush] == [
@@ -56,5 +57,5 @@ async def test_events_of_a_window_go_in_one_pipeline_merged_and_in_order() -> No
     merged = flush[0][1]["metrics"]
     assert len(merged) == NEWEST and merged[-1][2] == 159 and merged[0][2] == 60
     events.status("b", "KILLED")  # a later event starts a new flush
-    await asyncio.sleep(0.1)
+    await until_async(lambda: events._flusher is None, 5, "the second flush to end")
     assert redis.sent[1] == [(channel("b"), {"type": "status", "status": "KILLED"})]

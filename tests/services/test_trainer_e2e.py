@@ -28,6 +28,8 @@ from tests.services.conftest import create_pg_database, drop_pg_database
 from tests.services.receiver import Receiver
 from tests.services.trainer_stack import TrainerStack, make_trainer_stack
 
+pytestmark = pytest.mark.e2e
+
 DIGITS = """
 network Digits {
   input: (64,)

@@ -165,6 +165,19 @@ class Kit:
     engine: AsyncEngine
     store: JobStore
     deliveries: Table
+    broker: RedisBroker
+    worker: dramatiq.Worker
+    queue: str
+
+    async def settle(self) -> None:
+        """Until no delivery is queued, waiting for a retry, or running: what Dramatiq's own
+        testing guide does (broker.join, then worker.join)."""
+
+        def join() -> None:
+            self.broker.join(self.queue, timeout=30_000)
+            self.worker.join()
+
+        await asyncio.to_thread(join)
 
 
 @pytest.fixture
@@ -184,7 +197,7 @@ async def kit(db_url: str) -> AsyncIterator[Kit]:
     sender = webhooks.WebhookSender(actor, deliveries, progress_interval=0)
     store = JobStore(engine, jobs, REDIS_URL, sender)
     try:
-        yield Kit(engine, store, deliveries)
+        yield Kit(engine, store, deliveries, broker, worker, actor.queue_name)
     finally:
         await asyncio.to_thread(worker.stop)
         broker.close()
@@ -229,7 +242,7 @@ async def test_a_receiver_failing_twice_gets_exactly_one_accepted_delivery_per_e
             result="models/m-1",
         )
         found = await attempts(kit, rec.id, lambda f: sum(d.delivered for d in f) == 3)
-        await asyncio.sleep(0.5)  # time enough for a wrong extra retry to arrive
+        await kit.settle()  # a wrong extra retry would have arrived by now
         accepted = rx.accepted()
     assert sorted(r.event for r in accepted) == ["completed", "progress", "started"]
     assert len(rx.received) == 9  # 500, 500, then 200 for each event
@@ -282,8 +295,8 @@ async def test_a_refusing_receiver_is_not_retried(kit: Kit) -> None:
             "compile", "alice", {"webhooks": webhooks.validate([hook(rx.url)])}
         )
         await kit.store.update(rec.id, "failed", "bad", state="failed", ended_at=now())
-        found = await attempts(kit, rec.id, lambda f: len(f) >= 1)
-        await asyncio.sleep(1.0)  # longer than every backoff
+        await attempts(kit, rec.id, lambda f: len(f) >= 1)
+        await kit.settle()  # a wrong retry would have run by now
         found = await attempts(kit, rec.id, lambda f: True)
     assert [(d.attempt, d.status_code, d.delivered) for d in found] == [(1, 404, False)]
     assert found[0].error == "answered 404: not retried" and len(rx.received) == 1
