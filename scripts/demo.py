@@ -1,12 +1,18 @@
 """`make demo`: compile -> train (live progress) -> track, against the local stack.
 
-Uses the stack `make run` started when it is up; otherwise starts one for the demo (in a
-fresh data folder) and stops it at the end. Deployment and prediction join the demo when
-the deployer exists.
+Finds the stack `make run` started through the settings file it writes
+(`$NEURAL_DATA_DIR/stack.json`, default `.run/stack.json`): its addresses and its database,
+where the demo's API key is created. Nothing else counts as a stack: a process listening on a
+default port that the demo cannot authenticate to is left alone. When no stack is running, the
+demo starts one of its own on free ports in a temporary folder, and stops and removes it at
+the end. The key is kept in `demo.key` beside `stack.json` (owner-only) and reused while the
+stack accepts it. Deployment and prediction join the demo when the deployer exists.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from neural.v1 import (
@@ -28,6 +36,8 @@ from neural.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+STACK_FILE = "stack.json"
+KEY_FILE = "demo.key"
 PROGRAM = """
 network DigitsDemo {
   input: (64,)
@@ -42,33 +52,86 @@ network DigitsDemo {
 """
 
 
-def listening(port: int) -> bool:
+def listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, int(port))) == 0
 
 
-def port(name: str, default: int) -> int:
-    return int(os.environ.get(f"NEURAL_{name.upper()}_PORT", default))
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def start_stack(env: dict[str, str]) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        print("   " + line.rstrip())
-        if line.startswith("Ctrl-C"):
-            return proc
-    raise SystemExit("the stack did not start; see its logs")
+def find_stack(data: Path) -> dict[str, Any] | None:
+    """The stack described by `data/stack.json`, when its supervisor and services are up."""
+    try:
+        stack = json.loads((data / STACK_FILE).read_text(encoding="utf-8"))
+        if not alive(int(stack["pid"])):
+            return None
+        if all(listening(a) for a in stack["addresses"].values()):
+            return stack
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
 
 
-def create_key(env: dict[str, str]) -> str:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def own_stack(env: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """A stack for the demo alone: free ports, a temporary folder, both gone afterwards."""
+    with tempfile.TemporaryDirectory(prefix="neural-demo-") as tmp:
+        env = env | {"NEURAL_DATA_DIR": tmp, "NEURAL_LOCAL_REDIS_PORT": str(free_port())}
+        # what the stack's processes leave in a temporary directory (torch's compile cache,
+        # Dramatiq's metrics files) goes inside this folder, and away with it
+        (Path(tmp) / "tmp").mkdir()
+        env["TMPDIR"] = str(Path(tmp) / "tmp")
+        env["dramatiq_prom_port"] = str(free_port())
+        for name in ("compiler", "trainer", "tracker"):
+            env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
+            env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
+            env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
+        print(f"0. no stack is running: starting one for the demo in {tmp}")
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                print("   " + line.rstrip())
+                if line.startswith("Ctrl-C"):
+                    break
+            stack = find_stack(Path(tmp))
+            if stack is None:
+                raise SystemExit("the demo's stack did not start")
+            yield stack
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            if proc.stdout is not None:
+                proc.stdout.read()  # drain: the stack prints as it stops
+            proc.wait(timeout=120)
+            print("   the demo's stack stopped and its folder was removed")
+
+
+def create_key(env: dict[str, str], stack: dict[str, Any]) -> str:
+    env = env | {"NEURAL_DATABASE_URL": stack["database_url"], "NEURAL_DATA_DIR": stack["data_dir"]}
     out = subprocess.run(
         [sys.executable, "-m", "service_kit.keys", "create", "--name", "demo", "--role", "user"],
         env=env,
@@ -80,79 +143,96 @@ def create_key(env: dict[str, str]) -> str:
     return next(line.split()[-1] for line in out.splitlines() if line.startswith("key:"))
 
 
+def demo_key(env: dict[str, str], stack: dict[str, Any], compiler: Any) -> str:
+    """The key kept beside the stack's settings while the stack accepts it, else a new one."""
+    path = Path(stack["data_dir"]) / KEY_FILE
+    with contextlib.suppress(OSError):
+        key = path.read_text(encoding="utf-8").strip()
+        try:
+            compiler.ListModels(
+                compiler_pb2.ListModelsRequest(page_size=1),
+                metadata=(("authorization", f"Bearer {key}"),),
+                timeout=10,
+            )
+            return key
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+    key = create_key(env, stack)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    return key
+
+
 def main() -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    stack = None
-    if not listening(port("trainer", 50052)):
-        env.setdefault("NEURAL_DATA_DIR", tempfile.mkdtemp(prefix="neural-demo-"))
-        env.setdefault("NEURAL_LOCAL_REDIS_PORT", "6391")
-        print(f"0. starting a stack for the demo in {env['NEURAL_DATA_DIR']}")
-        stack = start_stack(env)
-    try:
-        key = create_key(env)
-        meta = (("authorization", f"Bearer {key}"),)
-        channel = lambda name, p: grpc.insecure_channel(f"127.0.0.1:{port(name, p)}")  # noqa: E731
-        compiler = compiler_pb2_grpc.CompilerServiceStub(channel("compiler", 50051))
-        trainer = trainer_pb2_grpc.TrainerServiceStub(channel("trainer", 50052))
-        tracker = tracker_pb2_grpc.TrackerServiceStub(channel("tracker", 50053))
+    data = Path(env.get("NEURAL_DATA_DIR", str(ROOT / ".run"))).resolve()
+    with contextlib.ExitStack() as cleanup:
+        stack = find_stack(data)
+        if stack is None:
+            stack = cleanup.enter_context(own_stack(env))
+        else:
+            print(f"0. using the stack of `make run` ({data / STACK_FILE})")
+        return run_demo(env, stack)
 
-        print("1. compile: the DSL program -> PyTorch")
-        model = compiler.Compile(
-            compiler_pb2.CompileRequest(
-                source=PROGRAM, backend=compiler_pb2.BACKEND_PYTORCH, name="digits-demo"
-            ),
-            metadata=meta,
-        ).model
-        print(f"   model {model.id}: {model.total_params} parameters")
 
-        print("2. train on scikit-learn's digits, watching the job live")
-        job = trainer.SubmitTraining(
-            trainer_pb2.SubmitTrainingRequest(
-                model_id=model.id,
-                dataset=trainer_pb2.DatasetSpec(builtin=trainer_pb2.BUILTIN_DATASET_DIGITS),
-                experiment="demo",
-            ),
-            metadata=meta,
-        )
-        started = time.monotonic()
-        last = None
-        for event in trainer.WatchTrainingJob(
-            common_pb2.WatchJobRequest(id=job.id), metadata=meta, timeout=600
-        ):
-            last = event
-            epoch_end = event.message.startswith("epoch ") and "/" in event.message
-            metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(event.metrics.items()))
-            metrics = metrics if epoch_end or event.type == "completed" else ""
-            bar = "#" * int(event.progress * 20)
-            print(
-                f"   {time.monotonic() - started:5.1f}s {event.type:9s} [{bar:20s}] "
-                f"epoch {event.epoch:2d} {metrics or event.message}"
-            )
-        assert last is not None
-        if last.job.state != common_pb2.JOB_STATE_SUCCEEDED:
-            print(f"   the job ended {last.type}: {last.job.error}")
-            return 1
+def run_demo(env: dict[str, str], stack: dict[str, Any]) -> int:
+    addresses = stack["addresses"]
+    compiler = compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(addresses["compiler"]))
+    trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(addresses["trainer"]))
+    tracker = tracker_pb2_grpc.TrackerServiceStub(grpc.insecure_channel(addresses["tracker"]))
+    meta = (("authorization", f"Bearer {demo_key(env, stack, compiler)}"),)
+    print("1. compile: the DSL program -> PyTorch")
+    model = compiler.Compile(
+        compiler_pb2.CompileRequest(
+            source=PROGRAM, backend=compiler_pb2.BACKEND_PYTORCH, name="digits-demo"
+        ),
+        metadata=meta,
+    ).model
+    print(f"   model {model.id}: {model.total_params} parameters")
 
-        print("3. track: the run in the tracker")
-        run_id = last.job.details["run_id"]
-        run = tracker.GetRun(tracker_pb2.GetRunRequest(id=run_id), metadata=meta)
-        print(f"   run {run.id} ({tracker_pb2.RunStatus.Name(run.status)})")
-        print("   params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.params.items())))
-        curve = tracker.GetMetricHistory(
-            tracker_pb2.GetMetricHistoryRequest(run_id=run_id, key="val_accuracy"), metadata=meta
+    print("2. train on scikit-learn's digits, watching the job live")
+    job = trainer.SubmitTraining(
+        trainer_pb2.SubmitTrainingRequest(
+            model_id=model.id,
+            dataset=trainer_pb2.DatasetSpec(builtin=trainer_pb2.BUILTIN_DATASET_DIGITS),
+            experiment="demo",
+        ),
+        metadata=meta,
+    )
+    started = time.monotonic()
+    last = None
+    for event in trainer.WatchTrainingJob(
+        common_pb2.WatchJobRequest(id=job.id), metadata=meta, timeout=600
+    ):
+        last = event
+        epoch_end = event.message.startswith("epoch ") and "/" in event.message
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(event.metrics.items()))
+        metrics = metrics if epoch_end or event.type == "completed" else ""
+        bar = "#" * int(event.progress * 20)
+        print(
+            f"   {time.monotonic() - started:5.1f}s {event.type:9s} [{bar:20s}] "
+            f"epoch {event.epoch:2d} {metrics or event.message}"
         )
-        print("   val_accuracy by epoch: " + " ".join(f"{m.value:.3f}" for m in curve.metrics))
-        files = tracker.ListArtifacts(
-            tracker_pb2.ListArtifactsRequest(run_id=run_id), metadata=meta
-        )
-        print("   artifacts: " + ", ".join(f"{a.path} ({a.size_bytes} B)" for a in files.artifacts))
-        return 0
-    finally:
-        if stack is not None:
-            stack.send_signal(signal.SIGINT)
-            stack.wait(timeout=60)
-            print("   stack stopped")
+    assert last is not None
+    if last.job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        print(f"   the job ended {last.type}: {last.job.error}")
+        return 1
+
+    print("3. track: the run in the tracker")
+    run_id = last.job.details["run_id"]
+    run = tracker.GetRun(tracker_pb2.GetRunRequest(id=run_id), metadata=meta)
+    print(f"   run {run.id} ({tracker_pb2.RunStatus.Name(run.status)})")
+    print("   params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.params.items())))
+    curve = tracker.GetMetricHistory(
+        tracker_pb2.GetMetricHistoryRequest(run_id=run_id, key="val_accuracy"), metadata=meta
+    )
+    print("   val_accuracy by epoch: " + " ".join(f"{m.value:.3f}" for m in curve.metrics))
+    files = tracker.ListArtifacts(tracker_pb2.ListArtifactsRequest(run_id=run_id), metadata=meta)
+    print("   artifacts: " + ", ".join(f"{a.path} ({a.size_bytes} B)" for a in files.artifacts))
+    return 0
 
 
 if __name__ == "__main__":

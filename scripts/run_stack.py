@@ -1,12 +1,22 @@
-"""`make run`: the whole local stack, printed endpoints, stopped cleanly on Ctrl-C.
+"""`make run`: the whole local stack, supervised, printed endpoints, stopped cleanly on Ctrl-C.
 
 Starts a local Redis (when NEURAL_REDIS_URL is unset), then every service built so far and
 its Dramatiq worker. Data lives under NEURAL_DATA_DIR (default .run/): a SQLite database
-unless NEURAL_DATABASE_URL is set, and the artifact storage.
+unless NEURAL_DATABASE_URL is set, the artifact storage, each process's log, and
+`stack.json`, which says where this stack listens (its addresses, Redis and database) for as
+long as it runs; `make demo` finds the stack through that file only.
+
+Supervision: a process that exits while the stack runs is logged and started again after a
+delay that doubles from 1 s up to 60 s, and falls back to 1 s once the process has stayed up
+for a minute. Ctrl-C (or SIGTERM) stops the workers first, then the services, then Redis, so
+nothing loses its broker while it is still running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import secrets
 import shutil
@@ -15,7 +25,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -27,6 +39,17 @@ SERVICES = [
     ("trainer", "services.trainer", "services.trainer.worker", 1, 50052),
 ]
 WORKER_METRICS_PORT = 9191  # Dramatiq's Prometheus exporter in the training worker
+STACK_FILE = "stack.json"
+
+# Tiers, stopped from the highest down: workers need services and Redis, services need Redis.
+REDIS, SERVICE, WORKER = 0, 1, 2
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+STABLE_S = 60.0  # up this long: the next crash restarts after FIRST_BACKOFF_S again
+STOP_TIMEOUT_S = 20.0
+POLL_S = 0.2
+
+log = logging.getLogger("run_stack")
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
@@ -37,44 +60,164 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return True
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     return False
 
 
+@dataclass
+class Child:
+    """One supervised process: how to start it, and its restart schedule."""
+
+    name: str
+    args: list[str]
+    tier: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    backoff: float = FIRST_BACKOFF_S
+    restarts: int = 0
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> subprocess.Popen:
+        if self._log is None:
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process
+        # a session of its own: Ctrl-C reaches only the supervisor, and the process group
+        # (a Dramatiq worker's children included) can be ended as one
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+        return self.proc
+
+    def check(self, now: float) -> None:
+        """Notice an exit and schedule the restart; start it when its time has come."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is None:
+            if now - self.started_at >= STABLE_S:
+                self.backoff = FIRST_BACKOFF_S
+            return
+        self._end_group(signal.SIGKILL)  # children the crashed process left behind
+        delay = self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)
+        self.restarts += 1
+        log.warning(
+            "%s exited with status %s; restarting in %.0f s (restart %d, log %s)",
+            self.name,
+            code,
+            delay,
+            self.restarts,
+            self.log_path,
+        )
+        self.restart_at = now + delay
+
+    def _end_group(self, sig: signal.Signals) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def terminate(self) -> None:
+        self.restart_at = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s: killed", self.name, STOP_TIMEOUT_S)
+                self.proc.kill()
+                self.proc.wait()
+            self._end_group(signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        print(f"stopped {self.name}", flush=True)
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], data: Path) -> None:
+        self.env = env
+        self.data = data
+        self.children: list[Child] = []
+
+    def add(self, name: str, args: list[str], tier: int) -> Child:
+        child = Child(name, args, tier, self.env, self.data / f"{name}.log")
+        self.children.append(child)
+        child.start()
+        return child
+
+    def supervise(self, stopping: list[bool]) -> None:
+        while not stopping:
+            now = time.monotonic()
+            for child in self.children:
+                child.check(now)
+            time.sleep(POLL_S)
+
+    def stop(self) -> None:
+        """Workers first, then services, then Redis: each tier after the one above is down."""
+        for tier in (WORKER, SERVICE, REDIS):
+            members = [c for c in reversed(self.children) if c.tier == tier]
+            for child in members:
+                child.terminate()
+            for child in members:
+                child.wait_stopped()
+
+
+def write_stack_file(path: Path, description: dict[str, object]) -> None:
+    """Atomically, readable by its owner only (it names the database)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(description, f, indent=2)
+    os.replace(tmp, path)
+
+
+def remove_stack_file(path: Path) -> None:
+    """Only when it is this process's: a second `make run` refused at start keeps the first's."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+
+
 def main() -> int:
+    fmt = "%(asctime)s run_stack %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
     env = dict(os.environ)
     data = Path(env.setdefault("NEURAL_DATA_DIR", str(ROOT / ".run"))).resolve()
+    env["NEURAL_DATA_DIR"] = str(data)
     data.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(data / "run_stack.log")
+    to_file.setFormatter(logging.Formatter(fmt))
+    logging.getLogger().addHandler(to_file)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # Workers act for a job's owner with short-lived tokens signed by this secret.
     env.setdefault("NEURAL_JWT_SECRET", secrets.token_urlsafe(32))
+    env.setdefault("NEURAL_DATABASE_URL", f"sqlite+aiosqlite:///{data / 'neural.db'}")
     env.setdefault("dramatiq_prom_port", str(WORKER_METRICS_PORT))
     # an idle worker polls Redis at least this often (ms): Dramatiq's default of 1 s would
     # add up to a second between a job's submit and its start
     env.setdefault("dramatiq_worker_timeout", "100")
+    addresses = {}
     for name, *_, default_port in SERVICES:  # how the services find each other
         port = env.get(f"NEURAL_{name.upper()}_PORT", str(default_port))
-        env.setdefault(f"NEURAL_{name.upper()}_ADDRESS", f"127.0.0.1:{port}")
-    procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        log = open(data / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the process
-        proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )  # Ctrl-C reaches only us
-        procs.append((name, proc))
-        return proc
-
-    def stop_all() -> None:
-        for _, proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            print(f"stopped {name}", flush=True)
+        addresses[name] = env.setdefault(f"NEURAL_{name.upper()}_ADDRESS", f"127.0.0.1:{port}")
+    stack = Stack(env, data)
+    stack_file = data / STACK_FILE
 
     try:
         if not env.get("NEURAL_REDIS_URL"):
@@ -86,71 +229,68 @@ def main() -> int:
                 )
                 return 1
             port = int(env.get("NEURAL_LOCAL_REDIS_PORT", "6390"))
-            redis = start(
-                "redis",
-                [
-                    server,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--dir",
-                    str(data),
-                ],
-            )
-            if not wait_port(port, redis, 15):
+            redis_args = [server, "--port", str(port), "--bind", "127.0.0.1"]
+            redis_args += ["--save", "", "--appendonly", "yes", "--dir", str(data)]
+            redis = stack.add("redis", redis_args, REDIS)
+            assert redis.proc is not None
+            if not wait_port(port, redis.proc, 15):
                 print(f"local Redis did not start (see {data / 'redis.log'})", file=sys.stderr)
                 return 1
             env["NEURAL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         endpoints = []
         for name, module, worker, threads, default_port in SERVICES:
             port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
-            proc = start(name, [sys.executable, "-m", module])
+            server_proc = stack.add(name, [sys.executable, "-m", module], SERVICE).proc
             if worker:
                 if name == "trainer":  # jobs at once per training worker, from the settings
                     threads = int(env.get("NEURAL_WORKER_THREADS", threads))
-                start(
+                stack.add(
                     f"{name}-worker",
                     [str(BIN / "dramatiq"), worker, "--processes", "1", "--threads", str(threads)],
+                    WORKER,
                 )
-            if not wait_port(port, proc):
+            assert server_proc is not None
+            if not wait_port(port, server_proc):
                 print(f"{name} did not start (see {data / (name + '.log')})", file=sys.stderr)
                 return 1
             metrics = int(env.get(f"NEURAL_{name.upper()}_METRICS_PORT", str(port + 1000)))
             endpoints.append(
                 f"  {name:10s} grpc 127.0.0.1:{port}   metrics http://127.0.0.1:{metrics}/metrics"
             )
+        write_stack_file(
+            stack_file,
+            {
+                "pid": os.getpid(),
+                "data_dir": str(data),
+                "addresses": addresses,
+                "redis_url": env["NEURAL_REDIS_URL"],
+                "database_url": env["NEURAL_DATABASE_URL"],
+            },
+        )
+        database = env["NEURAL_DATABASE_URL"]
+        if database.startswith("sqlite"):
+            database = "sqlite: " + database.split(":///", 1)[-1]
         print("Neural platform is running:", flush=True)
         print("\n".join(endpoints))
         print(f"  workers    metrics http://127.0.0.1:{env['dramatiq_prom_port']}/metrics")
         print(f"  redis      {env['NEURAL_REDIS_URL']}")
-        print(
-            f"  database   {env.get('NEURAL_DATABASE_URL') or 'sqlite: ' + str(data / 'neural.db')}"
-        )
-        print(f"  logs       {data}/*.log")
+        print(f"  database   {database}")
+        print(f"  logs       {data}/*.log (restarts in run_stack.log)")
+        print(f"  settings   {stack_file} (how `make demo` finds this stack)")
         print("Create a key: .venv/bin/python -m service_kit.keys create --name me --role admin")
         print("Ctrl-C stops everything.", flush=True)
-        stopping = False
+        stopping: list[bool] = []
 
         def on_signal(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
+            stopping.append(True)
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        while not stopping:
-            dead = [n for n, p in procs if p.poll() is not None]
-            if dead:
-                print(f"{', '.join(dead)} exited; stopping the stack", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        stack.supervise(stopping)
         return 0
     finally:
-        stop_all()
+        remove_stack_file(stack_file)
+        stack.stop()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neural.v1 import compiler_pb2_grpc
-from neural_dsl import Limits
-from service_kit import db
+from service_kit import db, webhooks
 from service_kit.auth import AuthStore
 from service_kit.broker import setup_broker
 from service_kit.jobs import JobStore
@@ -15,7 +14,8 @@ from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import tables
+from . import tables, tasks
+from .exports import ExportQueue
 from .registry import Registry
 from .service import METHOD_ROLES, SERVICE, CompilerService
 
@@ -29,9 +29,11 @@ class App:
     auth: AuthStore
     jobs: JobStore
     registry: Registry
+    exports: ExportQueue
     spec: ServiceSpec
 
     async def close(self) -> None:
+        self.exports.close()
         await self.engine.dispose()
 
 
@@ -44,14 +46,18 @@ async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
     auth = AuthStore(engine, settings.jwt_secret)
     await migrate(engine, auth)
-    setup_broker(settings)
-    # the actors, declared on the broker just set up
-    from .worker import compile_model, sender
-
+    setup_broker(settings)  # the server sends by name (tasks.py); the actors live in the worker
+    sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.webhook_deliveries)
     jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
     registry = Registry(engine, settings.storage_dir)
+    exports = ExportQueue(settings.limits(), settings.onnx_export_queue)
     service = CompilerService(
-        registry, jobs, Limits(max_source_bytes=settings.max_source_bytes), compile_model
+        registry,
+        jobs,
+        settings.limits(),
+        tasks.COMPILE,
+        exports,
+        settings.max_watches_per_principal,
     )
 
     spec = ServiceSpec(
@@ -60,4 +66,4 @@ async def build(settings: Settings) -> App:
         METHOD_ROLES,
         health_checks=dependency_checks(engine, settings.redis_url),
     )
-    return App(engine, auth, jobs, registry, spec)
+    return App(engine, auth, jobs, registry, exports, spec)

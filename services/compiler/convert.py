@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from neural.v1 import compiler_pb2
+from service_kit import request_checks
 from service_kit.job_messages import JOB_STATE_NAMES, JOB_STATES, event, job, struct, timestamp
 
 __all__ = ["JOB_STATES", "JOB_STATE_NAMES", "event", "job", "struct", "timestamp"]
@@ -39,4 +40,4 @@ def model(row: Any) -> compiler_pb2.Model:
 
 
 def hparams(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+    return request_checks.struct_values(message, "hparams")

@@ -1,4 +1,5 @@
-"""Compiling and the registry of compiled models: shared by the RPCs and the worker."""
+"""The registry of compiled models: their rows and artifact files, shared by the RPCs and the
+worker. Compiling itself is `compile_step.py`."""
 
 from __future__ import annotations
 
@@ -8,86 +9,17 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neural_dsl import Limits, parse
-from neural_dsl.backends import compile_network
-from neural_dsl.ir import program_to_json
-from service_kit import db, pagination
-from service_kit.errors import FieldViolation, InvalidArgument, NotFound
+from service_kit import db, owners, pagination
+from service_kit.errors import NotFound, shown
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .compile_step import Artifact, CompileInput
 from .tables import models
-
-BACKENDS = ("pytorch", "tensorflow", "onnx")
-
-
-@dataclass(frozen=True)
-class CompileInput:
-    owner: str
-    source: str
-    backend: str
-    hparams: dict[str, Any]
-    network: str
-    name: str
-
-    def cache_key(self) -> str:
-        blob = json.dumps(
-            [self.owner, self.source, self.backend, self.network, sorted(self.hparams.items())],
-            default=str,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    data: bytes
-    ir_json: str
-    shapes_json: str
-    total_params: int
-    network: str
-    warnings: list[str]
-
-
-def compile_artifact(req: CompileInput, limits: Limits) -> Artifact:
-    """The CPU-bound part (run in a thread or a worker). Raises DSLError for a bad program."""
-    program = parse(req.source, limits)
-    names = [n.name for n in program.networks]
-    if req.network:
-        if req.network not in names:
-            raise InvalidArgument(
-                f"no network {req.network!r} in the program (has: {', '.join(names) or 'none'})",
-                [FieldViolation("network", "unknown network")],
-            )
-        network = program.get(req.network)
-    elif len(names) == 1:
-        network = program.network
-    else:
-        raise InvalidArgument(
-            f"the program declares {len(names)} networks: name one",
-            [FieldViolation("network", "required when there are several")],
-        )
-    result = compile_network(network, req.backend, req.hparams or None, limits)
-    if result.onnx is not None:
-        name, data = "model.onnx", result.onnx
-    else:
-        name, data = "model.py", (result.source or "").encode()
-    from neural_dsl.ir import Program
-
-    return Artifact(
-        name,
-        data,
-        json.dumps(program_to_json(Program((result.network,)))),
-        json.dumps(result.shapes.to_json()),
-        result.shapes.total_params or 0,
-        network.name,
-        result.warnings,
-    )
 
 
 class Registry:
@@ -144,16 +76,14 @@ class Registry:
     async def get(self, model_id: str, owner: str | None) -> Any:
         async with self.sessions() as s:
             row = (await s.execute(select(models).where(models.c.id == model_id))).first()
-        if row is None or (owner is not None and row.owner != owner):
-            raise NotFound(f"no model {model_id!r}")
+        if row is None or not owners.visible(row.owner, owner):
+            raise NotFound(f"no model {shown(model_id)}")
         return row
 
     async def list(
         self, owner: str | None, size: int, token: str, name: str, backend: str
     ) -> tuple[list[Any], str]:
-        query = select(models)
-        if owner is not None:
-            query = query.where(models.c.owner == owner)
+        query = owners.restrict(select(models), models.c.owner, owner)
         if name:
             query = query.where(models.c.name.contains(name, autoescape=True))
         if backend:

@@ -8,15 +8,18 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import dramatiq
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from neural_dsl import DSLError, Limits, check
-from service_kit import errors, webhooks
+from service_kit import errors, owners, webhooks
 from service_kit.interceptors import principal
 from service_kit.jobs import JobRecord, JobStore
+from service_kit.streams import StreamCap
+from service_kit.tasks import Sendable
 
 from . import convert
-from .registry import BACKENDS, CompileInput, Registry, compile_artifact
+from .compile_step import BACKENDS, CompileInput, check_request, compile_artifact
+from .exports import ExportQueue
+from .registry import Registry
 
 SERVICE = "neural.v1.CompilerService"
 CHUNK = 64 * 1024
@@ -36,20 +39,22 @@ METHOD_ROLES = {
 }
 
 
-def _owner_filter() -> str | None:
-    """Admins see every owner's models and jobs; others only their own."""
-    who = principal()
-    return None if who.role == "admin" else who.subject
-
-
 class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
     def __init__(
-        self, registry: Registry, jobs: JobStore, limits: Limits, enqueue: dramatiq.Actor | None
+        self,
+        registry: Registry,
+        jobs: JobStore,
+        limits: Limits,
+        enqueue: Sendable | None,
+        exports: ExportQueue,
+        max_watches_per_principal: int = 20,
     ) -> None:
         self.registry = registry
         self.jobs = jobs
         self.limits = limits
         self.enqueue = enqueue
+        self.exports = exports
+        self.watches = StreamCap(max_watches_per_principal)
 
     # ---------------------------------------------------------- requests
     def _input(self, request: compiler_pb2.CompileRequest) -> CompileInput:
@@ -99,8 +104,10 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
                 model=convert.model(cached), cached=True, code=self._code(cached)
             )
         try:
-            # CPU-bound (an ONNX export takes seconds): keep the event loop serving.
-            art = await asyncio.to_thread(compile_artifact, req, self.limits)
+            if req.backend == "onnx":  # torch's exporter: in the export process, in turn
+                art = await self.exports.compile(req, context.time_remaining())
+            else:  # code generation: CPU-bound, so off the event loop
+                art = await asyncio.to_thread(compile_artifact, req, self.limits)
         except DSLError as exc:
             raise errors.program_invalid(exc) from None
         row, cached = await self.registry.store(req, art)
@@ -155,6 +162,10 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
         req = self._input(request)
         # secrets are kept in the job's request for the delivery actor; no response shows them
         hooks = webhooks.validate(request.webhooks)
+        try:  # what the worker would refuse (a bad program, a limit) is refused now
+            await asyncio.to_thread(check_request, req, self.limits)
+        except DSLError as exc:
+            raise errors.program_invalid(exc) from None
         rec = await self.jobs.create(
             "compile",
             req.owner,
@@ -172,12 +183,12 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
         return convert.job(rec)
 
     async def GetCompileJob(self, request: Any, context: Any) -> common_pb2.Job:
-        return (await self._jobs([await self.jobs.get(request.id, _owner_filter())]))[0]
+        return (await self._jobs([await self.jobs.get(request.id, owners.scope())]))[0]
 
     async def ListCompileJobs(self, request: Any, context: Any) -> common_pb2.ListJobsResponse:
         state = convert.JOB_STATE_NAMES.get(request.state) if request.state else None
         records, token = await self.jobs.list(
-            _owner_filter(), request.page_size, request.page_token, state
+            owners.scope(), request.page_size, request.page_token, state
         )
         # a page holds up to 1000 jobs: only the newest attempts of each
         return common_pb2.ListJobsResponse(
@@ -185,27 +196,28 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
         )
 
     async def CancelCompileJob(self, request: Any, context: Any) -> common_pb2.Job:
-        return (await self._jobs([await self.jobs.cancel(request.id, _owner_filter())]))[0]
+        return (await self._jobs([await self.jobs.cancel(request.id, owners.scope())]))[0]
 
     async def WatchCompileJob(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for event, message, rec in self.jobs.watch(request.id, _owner_filter()):
-            found = (await self.jobs.deliveries([rec.id])).get(rec.id, [])
-            yield convert.event(rec, event, message, [webhooks.to_proto(d) for d in found])
+        with self.watches.hold(principal().subject):  # one caller cannot hold them all
+            async for event, message, rec in self.jobs.watch(request.id, owners.scope()):
+                found = (await self.jobs.deliveries([rec.id])).get(rec.id, [])
+                yield convert.event(rec, event, message, [webhooks.to_proto(d) for d in found])
 
     async def ListModels(self, request: Any, context: Any) -> compiler_pb2.ListModelsResponse:
         backend = convert.BACKEND_NAMES.get(request.backend, "") if request.backend else ""
         rows, token = await self.registry.list(
-            _owner_filter(), request.page_size, request.page_token, request.name, backend
+            owners.scope(), request.page_size, request.page_token, request.name, backend
         )
         return compiler_pb2.ListModelsResponse(
             models=[convert.model(r) for r in rows], next_page_token=token
         )
 
     async def GetModel(self, request: Any, context: Any) -> compiler_pb2.Model:
-        return convert.model(await self.registry.get(request.id, _owner_filter()))
+        return convert.model(await self.registry.get(request.id, owners.scope()))
 
     async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        row = await self.registry.get(request.id, _owner_filter())
+        row = await self.registry.get(request.id, owners.scope())
         path = self.registry.path(row.id, row.artifact_name)
         if not path.is_file():
             raise errors.Unavailable("the model's artifact is missing from storage")
@@ -230,5 +242,5 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
     async def DeleteModel(self, request: Any, context: Any) -> Any:
         from google.protobuf import empty_pb2
 
-        await self.registry.delete(request.id, _owner_filter())
+        await self.registry.delete(request.id, owners.scope())
         return empty_pb2.Empty()

@@ -38,7 +38,10 @@ async def build(settings: Settings) -> App:
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
     store = TrackerStore(engine)
     service = TrackerService(
-        store, LocalArtifactStore(settings.storage_dir / "tracker"), settings.redis_url
+        store,
+        LocalArtifactStore(settings.storage_dir / "tracker", settings.max_upload_bytes),
+        settings.redis_url,
+        settings.max_watches_per_principal,
     )
 
     spec = ServiceSpec(

@@ -1,34 +1,37 @@
 """Run artifacts in a pluggable store (a local directory by default).
 
 Paths are relative, "/"-separated, without "." or ".." segments, so nothing escapes the
-run's folder; an upload lands in a temporary file and becomes visible only after its size
-and sha256 check out, so a corrupted upload leaves nothing behind."""
+run's folder. An upload follows the rules every upload shares (service_kit.chunked_upload:
+offsets checked, sha256 required and verified, `NEURAL_MAX_UPLOAD_BYTES`): it lands in a
+hidden temporary file and becomes visible, by an atomic rename, only once it checks out, so
+a corrupted or abandoned upload leaves nothing behind. A path is a file or a directory, never
+both: `f` then `f/x` (or the reverse) is FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
-from service_kit.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from service_kit import chunked_upload
+from service_kit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
-MAX_ARTIFACT_BYTES = 2 * 1024**3
+MAX_PATH = 1000  # the path column's width
+MAX_SEGMENT_BYTES = 255  # a file name's limit on every common file system
 _SAFE = re.compile(r"^[A-Za-z0-9._\-+=@ ]+$")
 
 
 def clean_path(path: str, allow_root: bool = False) -> str:
-    """The normalised relative path, or INVALID_ARGUMENT for anything that could escape."""
+    """The normalised relative path, or INVALID_ARGUMENT for anything that could escape, that
+    no file system could hold, or that names an upload in progress."""
     if path in ("", "/") and allow_root:
         return ""
     parts = path.split("/")
     bad = (
         not path
-        or len(path) > 1000
+        or len(path) > MAX_PATH
         or path.startswith("/")
         or "\\" in path
         or "\0" in path
@@ -36,23 +39,33 @@ def clean_path(path: str, allow_root: bool = False) -> str:
     )
     if bad:
         raise InvalidArgument(
-            f"artifact path {path[:100]!r} must be relative, '/'-separated, without '.' or '..' "
-            "segments, using letters, digits and ._-+=@ and spaces",
+            f"artifact path {path[:100]!r} must be relative, '/'-separated, at most {MAX_PATH} "
+            "characters, without '.' or '..' segments, using letters, digits and ._-+=@ and "
+            "spaces",
             [FieldViolation("path", "unsafe path")],
+        )
+    long = next((p for p in parts if len(p.encode()) > MAX_SEGMENT_BYTES), None)
+    if long is not None:
+        raise InvalidArgument(
+            f"artifact path segment {long[:50]!r}... is longer than {MAX_SEGMENT_BYTES} bytes",
+            [FieldViolation("path", f"a segment over {MAX_SEGMENT_BYTES} bytes")],
+        )
+    hidden = next((p for p in parts if p.startswith(chunked_upload.TEMP_PREFIX)), None)
+    if hidden is not None:
+        raise InvalidArgument(
+            f"artifact names may not begin with {chunked_upload.TEMP_PREFIX!r} (uploads in "
+            f"progress use them): {hidden[:50]!r}",
+            [FieldViolation("path", f"begins with {chunked_upload.TEMP_PREFIX}")],
         )
     return str(PurePosixPath(*parts))
 
 
 class ArtifactStore(Protocol):
     async def write(
-        self,
-        run_id: str,
-        path: str,
-        chunks: AsyncIterator[bytes],
-        declared: Callable[[], tuple[str, int]],
+        self, run_id: str, path: str, first: Any, rest: AsyncIterator[Any]
     ) -> tuple[int, str]:
-        """Stream into a temporary file; `declared()` (the sha256 and size the client sent,
-        known only once the stream ends) must match before the file appears at `path`."""
+        """Receive the chunks (`neural.v1.Chunk`: `first`, then `rest`) by the rules of
+        service_kit.chunked_upload and keep the file at `path`; (size, hex sha256)."""
         ...
 
     def open(self, run_id: str, path: str) -> Path: ...
@@ -64,8 +77,22 @@ class ArtifactStore(Protocol):
     def delete_run(self, run_id: str) -> None: ...
 
 
+def _file_in_the_way(found: str, path: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"artifact {found!r} is a file, so {path!r} cannot be stored under it: delete it first "
+        "or choose another path"
+    )
+
+
+def _directory_in_the_way(path: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"artifact path {path!r} is a directory of artifacts, so a file cannot be stored there: "
+        "delete it first or choose another path"
+    )
+
+
 class LocalArtifactStore:
-    def __init__(self, root: Path, max_bytes: int = MAX_ARTIFACT_BYTES) -> None:
+    def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
 
@@ -76,46 +103,46 @@ class LocalArtifactStore:
             raise InvalidArgument("artifact path escapes the run", [FieldViolation("path", "")])
         return target
 
-    async def write(
-        self,
-        run_id: str,
-        path: str,
-        chunks: AsyncIterator[bytes],
-        declared: Callable[[], tuple[str, int]],
-    ) -> tuple[int, str]:
-        """Stream into a temporary file; `declared()` (the sha256 and size the client sent,
-        known only once the stream ends) must match before the file appears at `path`."""
+    def _folder(self, run_id: str, path: str) -> Path:
+        """The target of `path`, its folders made; FAILED_PRECONDITION when a file stands
+        where a folder is needed or a folder where the file goes."""
         target = self._path(run_id, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        parts = PurePosixPath(path).parts
+        for i in range(1, len(parts)):
+            above = self._path(run_id, "/".join(parts[:i]))
+            if above.exists() and not above.is_dir():
+                raise _file_in_the_way("/".join(parts[:i]), path)
+        if target.is_dir():
+            raise _directory_in_the_way(path)
         try:
-            with os.fdopen(fd, "wb") as f:
-                async for data in chunks:
-                    size += len(data)
-                    if size > self.max_bytes:
-                        raise ResourceExhausted(f"artifact over {self.max_bytes} bytes")
-                    digest.update(data)
-                    f.write(data)
-            sha256, total = declared()
-            if total and size != total:
-                raise InvalidArgument(
-                    f"upload ended after {size} of {total} bytes",
-                    [FieldViolation("chunk.total_size", "size mismatch")],
-                )
-            if sha256 and digest.hexdigest() != sha256.lower():
-                raise InvalidArgument(
-                    "sha256 of the uploaded bytes does not match: nothing was stored",
-                    [FieldViolation("chunk.sha256", "mismatch")],
-                )
-            if target.is_dir():
-                raise InvalidArgument(f"{path!r} is a directory", [FieldViolation("path", "dir")])
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return size, digest.hexdigest()
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file uploaded there meanwhile
+            raise _file_in_the_way(str(PurePosixPath(path).parent), path) from None
+        return target
+
+    async def write(
+        self, run_id: str, path: str, first: Any, rest: AsyncIterator[Any]
+    ) -> tuple[int, str]:
+        target = self._folder(run_id, path)
+        async with chunked_upload.receive(
+            first,
+            rest,
+            target.parent,
+            self.max_bytes,
+            what=f"artifact {path!r}",
+            field_prefix="chunk.",
+            allow_empty=True,
+        ) as received:
+            try:
+                received.publish(target)
+            except IsADirectoryError:  # a folder made there while the bytes came in
+                raise _directory_in_the_way(path) from None
+            except FileNotFoundError:  # its folder deleted while the bytes came in
+                raise FailedPrecondition(
+                    f"the folder of artifact {path!r} was deleted during the upload: nothing "
+                    "was stored"
+                ) from None
+        return received.size, received.sha256
 
     def open(self, run_id: str, path: str) -> Path:
         target = self._path(run_id, path)
@@ -133,7 +160,7 @@ class LocalArtifactStore:
             return [(path, False, target.stat().st_size)]
         out = []
         for child in sorted(target.iterdir()):
-            if child.name.startswith(".upload-"):
+            if child.name.startswith(chunked_upload.TEMP_PREFIX):
                 continue
             rel = f"{path}/{child.name}" if path else child.name
             out.append((rel, child.is_dir(), 0 if child.is_dir() else child.stat().st_size))

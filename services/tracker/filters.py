@@ -58,6 +58,8 @@ ENTITIES = {
 }
 ATTRIBUTES = {"status", "run_name", "name", "run_id", "start_time", "end_time"}
 STATUSES = {"RUNNING", "FINISHED", "FAILED", "KILLED"}
+# The moments a run's start_time and end_time can hold, in ms since the epoch.
+MIN_MS, MAX_MS = -62_135_596_800_000, 253_402_300_799_999
 
 
 class FilterError(ValueError):
@@ -90,6 +92,8 @@ Node = Compare | And | Or
 
 
 def _unquote(text: str) -> str:
+    if not text:
+        return text
     if text[0] in "\"'":
         body = text[1:-1]
         return body.replace("\\" + text[0], text[0]).replace("\\\\", "\\")
@@ -149,6 +153,12 @@ def _check(c: Compare, value_column: int) -> Compare:
             if not isinstance(c.value, float) or like:
                 raise FilterError(
                     f"{key} compares with a number of milliseconds since the epoch", value_column
+                )
+            if not MIN_MS <= c.value <= MAX_MS:
+                raise FilterError(
+                    f"{key} is milliseconds since the epoch, from {MIN_MS} to {MAX_MS} "
+                    "(years 1 to 9999)",
+                    value_column,
                 )
         elif not isinstance(c.value, str):
             raise FilterError(f"attributes.{key} is text: quote the value", value_column)
@@ -211,6 +221,8 @@ def parse_order_by(items: list[str]) -> list[tuple[str, str, bool]]:
         head, dot, key = parts[0].partition(".")
         if dot and head.lower() in ENTITIES:
             entity, key = ENTITIES[head.lower()], _unquote(key)
+            if not key:
+                raise FilterError(f"order_by {item!r}: name a key after {head}.", 1)
         else:
             entity, key = "attributes", parts[0].lower()
         if entity == "attributes":

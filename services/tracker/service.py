@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -13,13 +12,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from google.protobuf import empty_pb2, timestamp_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
-from service_kit import errors, pagination
+from service_kit import errors, owners, pagination, request_checks
+from service_kit.fanout import Fanout
 from service_kit.interceptors import principal
+from service_kit.streams import StreamCap
 
 from . import compare, wire
 from .artifacts import ArtifactStore, clean_path
 from .events import NEWEST, RunEvents, channel
-from .plots import plot_png
+from .plots import MAX_PLOTTED, plot_png, seconds_since_start, unplottable
 from .points import Batch
 from .store import Point, TrackerStore, run_counts, runs_of, series
 
@@ -28,6 +29,7 @@ CHUNK = 64 * 1024
 STATUS = {1: "RUNNING", 2: "FINISHED", 3: "FAILED", 4: "KILLED"}
 STATUS_ENUM = {v: k for k, v in STATUS.items()}
 EMPTY = empty_pb2.Empty()
+ARTIFACTS = "tracker_artifacts"  # the listing of ListArtifacts' page tokens
 
 METHOD_ROLES = {
     f"/{SERVICE}/{m}": "viewer"
@@ -45,11 +47,6 @@ METHOD_ROLES = {
         "DownloadArtifact",
     )
 }
-
-
-def _owner() -> str | None:
-    who = principal()
-    return None if who.role == "admin" else who.subject
 
 
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -116,11 +113,19 @@ def _batch(ms: Any) -> Batch:
 
 
 class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
-    def __init__(self, store: TrackerStore, artifacts: ArtifactStore, redis_url: str) -> None:
+    def __init__(
+        self,
+        store: TrackerStore,
+        artifacts: ArtifactStore,
+        redis_url: str,
+        max_watches_per_principal: int = 20,
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.events = RunEvents(self.redis)
+        self.fanout = Fanout(self.redis)
+        self.watches = StreamCap(max_watches_per_principal)
 
     async def _run_message(self, row: Any) -> tracker_pb2.Run:
         return _run(row, (await self.store.run_details([row.id]))[row.id])
@@ -132,7 +137,11 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
 
     async def ListExperiments(self, request: Any, context: Any) -> Any:
         rows, token = await self.store.list_experiments(
-            _owner(), request.page_size, request.page_token, request.name, request.include_deleted
+            owners.scope(),
+            request.page_size,
+            request.page_token,
+            request.name,
+            request.include_deleted,
         )
         counts = await run_counts(self.store, [r.id for r in rows])
         return tracker_pb2.ListExperimentsResponse(
@@ -141,7 +150,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         )
 
     async def GetExperiment(self, request: Any, context: Any) -> Any:
-        row = await self.store.get_experiment(request.id, _owner())
+        row = await self.store.get_experiment(request.id, owners.scope())
         counts = await run_counts(self.store, [row.id])
         return _experiment(row, sum(counts[row.id].values()))
 
@@ -152,25 +161,25 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 "only 'name' can be updated", [errors.FieldViolation("update_mask", "only name")]
             )
         row = await self.store.rename_experiment(
-            request.experiment.id, _owner(), request.experiment.name
+            request.experiment.id, owners.scope(), request.experiment.name
         )
         return _experiment(row)
 
     async def DeleteExperiment(self, request: Any, context: Any) -> Any:
-        return _experiment(await self.store.set_deleted(request.id, _owner(), True))
+        return _experiment(await self.store.set_deleted(request.id, owners.scope(), True))
 
     async def RestoreExperiment(self, request: Any, context: Any) -> Any:
-        return _experiment(await self.store.set_deleted(request.id, _owner(), False))
+        return _experiment(await self.store.set_deleted(request.id, owners.scope(), False))
 
     async def PurgeExperiment(self, request: Any, context: Any) -> Any:
-        for run_id in await self.store.purge_experiment(request.id, _owner()):
+        for run_id in await self.store.purge_experiment(request.id, owners.scope()):
             await asyncio.to_thread(self.artifacts.delete_run, run_id)
         return empty_pb2.Empty()
 
     # ------------------------------------------------------------------ runs
     async def CreateRun(self, request: Any, context: Any) -> Any:
         start = (
-            request.run.start_time.ToDatetime(dt.UTC)
+            request_checks.datetime_of(request.run.start_time, "run.start_time")
             if request.run.HasField("start_time")
             else None
         )
@@ -182,7 +191,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         return await self._run_message(row)
 
     async def GetRun(self, request: Any, context: Any) -> Any:
-        return await self._run_message(await self.store.get_run(request.id, _owner()))
+        return await self._run_message(await self.store.get_run(request.id, owners.scope()))
 
     async def UpdateRun(self, request: Any, context: Any) -> Any:
         paths = set(request.update_mask.paths) or {"name", "status", "end_time"}
@@ -201,24 +210,24 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 )
             values["status"] = STATUS[request.run.status]
         if "end_time" in paths and request.run.HasField("end_time"):
-            values["end_time"] = request.run.end_time.ToDatetime(dt.UTC)
-        row = await self.store.update_run(request.run.id, _owner(), **values)
+            values["end_time"] = request_checks.datetime_of(request.run.end_time, "run.end_time")
+        row = await self.store.update_run(request.run.id, owners.scope(), **values)
         if "status" in values:
             self.events.status(row.id, row.status)
         return await self._run_message(row)
 
     async def SetTags(self, request: Any, context: Any) -> Any:
         await self.store.set_tags(
-            request.run_id, _owner(), dict(request.tags), list(request.delete_keys)
+            request.run_id, owners.scope(), dict(request.tags), list(request.delete_keys)
         )
         return empty_pb2.Empty()
 
     async def LogParams(self, request: Any, context: Any) -> Any:
-        await self.store.log_params(request.run_id, _owner(), dict(request.params))
+        await self.store.log_params(request.run_id, owners.scope(), dict(request.params))
         return empty_pb2.Empty()
 
     async def LogMetrics(self, request: Any, context: Any) -> Any:
-        stored = await self.store.log_batch(request.run_id, _owner(), _batch(request.metrics))
+        stored = await self.store.log_batch(request.run_id, owners.scope(), _batch(request.metrics))
         self._notify(request.run_id, stored)
         return EMPTY
 
@@ -229,7 +238,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             self.events.metrics(run_id, list(zip(keys, values, steps, stamps, strict=True)))
 
     async def StreamMetrics(self, request_iterator: Any, context: Any) -> Any:
-        owner = _owner()
+        owner = owners.scope()
         checked: set[str] = set()
         total = batches = 0
         async for request in request_iterator:
@@ -249,7 +258,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
     async def GetMetricHistory(self, request: Any, context: Any) -> Any:
         page = await self.store.history(
             request.run_id,
-            _owner(),
+            owners.scope(),
             request.key,
             request.max_points,
             request.page_size,
@@ -267,35 +276,23 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         return response
 
     async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        owner = _owner()
+        owner = owners.scope()
         keys = set(request.metric_keys)
-        pubsub = self.redis.pubsub()
-        subscribed = True
-        try:
-            await pubsub.subscribe(channel(request.run_id))
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-            subscribed = False
-        try:
-            row = await self.store.get_run(request.run_id, owner)
-            yield tracker_pb2.RunEvent(
-                run_id=row.id,
-                type="status",
-                status=STATUS_ENUM[row.status],
-                run=await self._run_message(row),
-                time=_ts(now()),
-            )
-            while row.status == "RUNNING":
-                msg = None
-                if subscribed:
-                    try:
-                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                        subscribed = False
-                else:
-                    await asyncio.sleep(1.0)
-                if msg:
-                    data = json.loads(msg["data"])
-                    if data["type"] == "metrics":
+        # every watch of this process shares one subscription; one caller's watches are capped
+        with self.watches.hold(principal().subject):
+            async with self.fanout.watch(channel(request.run_id)) as watcher:
+                row = await self.store.get_run(request.run_id, owner)
+                yield tracker_pb2.RunEvent(
+                    run_id=row.id,
+                    type="status",
+                    status=STATUS_ENUM[row.status],
+                    run=await self._run_message(row),
+                    time=_ts(now()),
+                )
+                while row.status == "RUNNING":
+                    raw = await watcher.get(timeout=1.0)
+                    data = json.loads(raw) if raw is not None else None
+                    if data is not None and data["type"] == "metrics":
                         chosen = [m for m in data["metrics"] if not keys or m[0] in keys]
                         if chosen:
                             yield tracker_pb2.RunEvent(
@@ -305,23 +302,21 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                                 metrics=[_metric(Point(*m)) for m in chosen],
                             )
                         continue
-                row = await self.store.get_run(request.run_id, owner)
-                if row.status != "RUNNING":
-                    yield tracker_pb2.RunEvent(
-                        run_id=row.id,
-                        type="status",
-                        status=STATUS_ENUM[row.status],
-                        run=await self._run_message(row),
-                        time=_ts(now()),
-                    )
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                    # a status event, or a second of quiet (Redis may be away): read the row
+                    row = await self.store.get_run(request.run_id, owner)
+                    if row.status != "RUNNING":
+                        yield tracker_pb2.RunEvent(
+                            run_id=row.id,
+                            type="status",
+                            status=STATUS_ENUM[row.status],
+                            run=await self._run_message(row),
+                            time=_ts(now()),
+                        )
 
     # ------------------------------------------------------------------ search and compare
     async def SearchRuns(self, request: Any, context: Any) -> Any:
         rows, token = await self.store.search_runs(
-            _owner(),
+            owners.scope(),
             list(request.experiment_ids),
             request.filter,
             list(request.order_by),
@@ -361,7 +356,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             raise errors.InvalidArgument(
                 "compare 2 to 100 runs", [errors.FieldViolation("run_ids", "2 to 100")]
             )
-        owner = _owner()
+        owner = owners.scope()
         rows = [await self.store.get_run(r, owner) for r in ids]
         details = await self.store.run_details(ids)
         data = await series(self.store, ids, list(request.metric_keys))
@@ -395,7 +390,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             raise errors.InvalidArgument(
                 "compare 2 to 20 experiments", [errors.FieldViolation("experiment_ids", "2 to 20")]
             )
-        owner = _owner()
+        owner = owners.scope()
         exps = [await self.store.get_experiment(e, owner) for e in ids]
         counts = await run_counts(self.store, ids)
         all_runs = await runs_of(self.store, ids)
@@ -441,25 +436,29 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             raise errors.InvalidArgument(
                 "x_axis is 'step' or 'time'", [errors.FieldViolation("x_axis", "step or time")]
             )
-        owner = _owner()
+        owner = owners.scope()
         rows = [await self.store.get_run(r, owner) for r in ids]
         data = await series(self.store, ids, keys)
         by_time = request.x_axis == "time"
+        starts = {r.id: r.start_time for r in rows}
         curves = {
             k: {
-                r: [((p[2] / 1000.0) if by_time else p[0], p[1]) for p in data[r].get(k, [])]
+                r: [
+                    (seconds_since_start(p[2], starts[r]) if by_time else p[0], p[1])
+                    for p in data[r].get(k, [])
+                ]
                 for r in ids
             }
             for k in keys
         }
+        too_large = unplottable(curves)
+        if too_large is not None:
+            raise errors.FailedPrecondition(
+                f"metric {errors.shown(too_large)} has values beyond ±{MAX_PLOTTED:g}, which "
+                "cannot be drawn: read them with GetMetricHistory"
+            )
         png = await asyncio.to_thread(
-            plot_png,
-            curves,
-            {r.id: r.name for r in rows},
-            keys,
-            "time (s)" if by_time else "step",
-            width,
-            height,
+            plot_png, curves, {r.id: r.name for r in rows}, keys, by_time, width, height
         )
         return tracker_pb2.PlotMetricsResponse(png=png, content_type="image/png")
 
@@ -471,34 +470,30 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 "the first message names run_id and path",
                 [errors.FieldViolation("run_id", "required")],
             )
-        run = await self.store.get_run(first.run_id, _owner())
         path = clean_path(first.path)
-        declared = {"sha256": first.chunk.sha256, "total": first.chunk.total_size}
+        run = await self.store.get_run(first.run_id, owners.scope())
 
-        async def chunks() -> AsyncIterator[bytes]:
-            if first.chunk.data:
-                yield first.chunk.data
+        async def rest() -> AsyncIterator[common_pb2.Chunk]:
+            # run_id and path belong to the first message; the others carry chunks only.
             async for msg in request_iterator:
-                if msg.chunk.sha256:
-                    declared["sha256"] = msg.chunk.sha256
-                if msg.chunk.data:
-                    yield msg.chunk.data
+                yield msg.chunk
 
-        size, digest = await self.artifacts.write(
-            run.id, path, chunks(), lambda: (declared["sha256"], declared["total"])
-        )
+        size, digest = await self.artifacts.write(run.id, path, first.chunk, rest())
         await self.store.record_artifact(run.id, path, size, digest)
         return tracker_pb2.Artifact(
             run_id=run.id, path=path, size_bytes=size, sha256=digest, update_time=_ts(now())
         )
 
     async def ListArtifacts(self, request: Any, context: Any) -> Any:
-        run = await self.store.get_run(request.run_id, _owner())
+        run = await self.store.get_run(request.run_id, owners.scope())
         path = clean_path(request.path, allow_root=True)
         entries = await asyncio.to_thread(self.artifacts.list, run.id, path)
         known = await self.store.artifact_hashes(run.id)
-        n = min(request.page_size or 100, 1000)
-        offset = int(pagination.decode(request.page_token)[1]) if request.page_token else 0
+        n = pagination.page_size(request.page_size, 100, 1000)
+        bound_to = (run.id, path)  # the token's context
+        (offset,) = pagination.decode(
+            request.page_token, ARTIFACTS, (pagination.OFFSET,), bound_to
+        ) or (0,)
         page = entries[offset : offset + n]
         return tracker_pb2.ListArtifactsResponse(
             artifacts=[
@@ -507,13 +502,13 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 )
                 for p, d, s in page
             ],
-            next_page_token=pagination.encode(("o", offset + n))
+            next_page_token=pagination.encode(ARTIFACTS, (offset + n,), bound_to)
             if offset + n < len(entries)
             else "",
         )
 
     async def DownloadArtifact(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        run = await self.store.get_run(request.run_id, _owner())
+        run = await self.store.get_run(request.run_id, owners.scope())
         target = self.artifacts.open(run.id, clean_path(request.path))
         digest = hashlib.sha256()
         offset = 0
@@ -530,7 +525,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         yield common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
 
     async def DeleteArtifact(self, request: Any, context: Any) -> Any:
-        run = await self.store.get_run(request.run_id, _owner())
+        run = await self.store.get_run(request.run_id, owners.scope())
         path = clean_path(request.path)
         if not await asyncio.to_thread(self.artifacts.delete, run.id, path):
             raise errors.NotFound(f"no artifact {path!r}")

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from service_kit import db, pagination
+from service_kit import db, owners, pagination
 from service_kit.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    shown,
 )
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -39,10 +40,16 @@ from .tables import (
 )
 
 MAX_BATCH = 1000
+MAX_ENTRIES = 1000  # params, tags, keys or ids named in one call
 SAMPLE_READ = 100_000  # points read at a time to downsample a series
 MAX_KEY = 250
 MAX_VALUE = 6000
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+# Page tokens: a metric history's (mode, last step sent, points at that step already sent or
+# the offset into the sample), and run search's offset.
+HISTORY = "tracker_metric_history"
+HISTORY_FIELDS = (pagination.one_of("step", "sample"), pagination.INT64, pagination.OFFSET)
+SEARCH = "tracker_search_runs"
 
 
 def now() -> dt.datetime:
@@ -88,6 +95,16 @@ def _key(name: str, what: str) -> None:
         )
 
 
+def _at_most(count: int, field: str, limit: int = MAX_ENTRIES) -> None:
+    """One call's entries stay far below what one statement can bind (32767 values on
+    PostgreSQL): more is the caller's mistake, not a database outage."""
+    if count > limit:
+        raise InvalidArgument(
+            f"at most {limit} {field} per call, got {count}: send them in several calls",
+            [FieldViolation(field, f"at most {limit}")],
+        )
+
+
 class TrackerStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -118,8 +135,26 @@ class TrackerStore:
             async with db.transaction(self.sessions) as s:
                 await s.execute(insert(experiments).values(**row))
         except IntegrityError:
-            raise AlreadyExists(f"you already have an experiment named {name!r}") from None
+            raise await self._name_taken(owner, name) from None
         return await self.get_experiment(row["id"], owner)
+
+    async def _name_taken(self, owner: str, name: str) -> AlreadyExists:
+        """Why `name` is taken: a deleted experiment keeps its name until it is purged (as in
+        MLflow), and the caller is told which, so they can restore or purge it."""
+        async with self.sessions() as s:
+            holder = (
+                await s.execute(
+                    select(experiments.c.id, experiments.c.deleted_at).where(
+                        experiments.c.owner == owner, experiments.c.name == name
+                    )
+                )
+            ).first()
+        if holder is not None and holder.deleted_at is not None:
+            return AlreadyExists(
+                f"your deleted experiment {holder.id} holds the name {name!r}: restore it "
+                "(RestoreExperiment) or purge it (PurgeExperiment) to use the name"
+            )
+        return AlreadyExists(f"you already have an experiment named {name!r}")
 
     async def get_experiment(
         self, exp_id: str, owner: str | None, include_deleted: bool = True
@@ -128,18 +163,16 @@ class TrackerStore:
             row = (await s.execute(select(experiments).where(experiments.c.id == exp_id))).first()
         if (
             row is None
-            or (owner is not None and row.owner != owner)
+            or not owners.visible(row.owner, owner)
             or (not include_deleted and row.deleted_at is not None)
         ):
-            raise NotFound(f"no experiment {exp_id!r}")
+            raise NotFound(f"no experiment {shown(exp_id)}")
         return row
 
     async def list_experiments(
         self, owner: str | None, size: int, token: str, name: str, include_deleted: bool
     ) -> tuple[list[Any], str]:
-        query = select(experiments)
-        if owner is not None:
-            query = query.where(experiments.c.owner == owner)
+        query = owners.restrict(select(experiments), experiments.c.owner, owner)
         if name:
             query = query.where(experiments.c.name.contains(name, autoescape=True))
         if not include_deleted:
@@ -147,7 +180,7 @@ class TrackerStore:
         return await pagination.newest_first(self.sessions, experiments, query, token, size)
 
     async def rename_experiment(self, exp_id: str, owner: str | None, name: str) -> Any:
-        await self.get_experiment(exp_id, owner)
+        row = await self.get_experiment(exp_id, owner)
         if not name.strip() or len(name) > 500:
             raise InvalidArgument(
                 "experiment name must be 1-500 characters",
@@ -161,7 +194,7 @@ class TrackerStore:
                     .values(name=name, updated_at=now())
                 )
         except IntegrityError:
-            raise AlreadyExists(f"you already have an experiment named {name!r}") from None
+            raise await self._name_taken(row.owner, name) from None
         return await self.get_experiment(exp_id, owner)
 
     async def set_deleted(self, exp_id: str, owner: str | None, deleted: bool) -> Any:
@@ -234,18 +267,20 @@ class TrackerStore:
             if len(self._owners) > 100_000:
                 self._owners.clear()
             self._owners[run_id] = known
-        if owner is not None and known != owner:
-            raise NotFound(f"no run {run_id!r}")
+        if not owners.visible(known, owner):
+            raise NotFound(f"no run {shown(run_id)}")
 
     async def get_run(self, run_id: str, owner: str | None) -> Any:
         async with self.sessions() as s:
             row = (await s.execute(select(runs).where(runs.c.id == run_id))).first()
-        if row is None or (owner is not None and row.owner != owner):
-            raise NotFound(f"no run {run_id!r}")
+        if row is None or not owners.visible(row.owner, owner):
+            raise NotFound(f"no run {shown(run_id)}")
         return row
 
     async def update_run(self, run_id: str, owner: str | None, **values: Any) -> Any:
-        await self.get_run(run_id, owner)
+        row = await self.get_run(run_id, owner)
+        if not values:  # an update that sets nothing (no UPDATE without a SET)
+            return row
         if "status" in values and values["status"] not in STATUSES:
             raise InvalidArgument(
                 "status must be RUNNING, FINISHED, FAILED or KILLED",
@@ -280,6 +315,7 @@ class TrackerStore:
     # ------------------------------------------------------------------ params and tags
     async def log_params(self, run_id: str, owner: str | None, values: dict[str, str]) -> None:
         """Params are write-once: the same value again is fine, a different one is an error."""
+        _at_most(len(values), "params")
         await self.get_run(run_id, owner)
         for k, v in values.items():
             _key(k, "params")
@@ -313,6 +349,8 @@ class TrackerStore:
     async def set_tags(
         self, run_id: str, owner: str | None, values: dict[str, str], remove: Sequence[str] = ()
     ) -> None:
+        _at_most(len(values), "tags")
+        _at_most(len(remove), "delete_keys")
         await self.get_run(run_id, owner)
         for k in values:
             _key(k, "tags")
@@ -365,6 +403,13 @@ class TrackerStore:
                         "are stored",
                         [FieldViolation(f"metrics[{i}].value", "not finite")],
                     )
+        # A moment outside years 1 to 9999 (e.g. seconds = 2**62) cannot be stored or shown.
+        if min(stamps) < filters.MIN_MS or max(stamps) > filters.MAX_MS:
+            i = next(i for i, t in enumerate(stamps) if not filters.MIN_MS <= t <= filters.MAX_MS)
+            raise InvalidArgument(
+                f"metric {keys[i]!r} at step {steps[i]} has a timestamp outside years 1 to 9999",
+                [FieldViolation(f"metrics[{i}].timestamp", "out of range")],
+            )
         if 0 in stamps:
             stamp = now_ms()
             stamps = [t or stamp for t in stamps] if any(stamps) else [stamp] * len(stamps)
@@ -373,7 +418,7 @@ class TrackerStore:
             await self.points.append(run_id, stored, newest(stored))
         except UnknownRun:
             self._owners.pop(run_id, None)
-            raise NotFound(f"no run {run_id!r}") from None
+            raise NotFound(f"no run {shown(run_id)}") from None
         return stored
 
     async def history(
@@ -381,37 +426,37 @@ class TrackerStore:
     ) -> Series:
         """A series ordered by step; with max_points, about that many points spread evenly over
         the steps (first and last kept)."""
+        size = pagination.page_size(size, 1000, 10_000)
+        # The token says how the first page was read (sampled or not), so a series that grows
+        # past max_points while it is being paged keeps the way it started.
+        context = (run_id, key, max(max_points, 0))
+        cursor = pagination.decode(token, HISTORY, HISTORY_FIELDS, context)
         await self._check_run(run_id, owner)
-        size = min(size or 1000, 10_000)
-        if size < 0:
-            raise InvalidArgument(
-                "page_size must not be negative", [FieldViolation("page_size", ">= 0")]
-            )
-        if max_points > 0:
-            sampled = await self._sample(run_id, key, max_points, size, token)
+        if max_points > 0 and (cursor is None or cursor[0] == "sample"):
+            offset = 0 if cursor is None else cursor[2]
+            sampled = await self._sample(run_id, key, max_points, size, offset, context)
             if sampled is not None:
                 return sampled
         # Keyset paging on step, so reading a long history costs the same per page from the
         # first to the last.
-        last_step, skip = pagination.decode(token) if token else (None, 0)  # type: ignore[misc]
-        from_step = None if last_step is None else int(last_step)
-        got = await self.points.page(run_id, key, from_step, int(skip), size + 1)
+        from_step, skip = (None, 0) if cursor is None else (cursor[1], cursor[2])
+        got = await self.points.page(run_id, key, from_step, skip, size + 1)
         if len(got) <= size:
             return Series(*got, "", False)
         page = Columns(*(column[:size] for column in got))
-        return Series(*page, pagination.encode(_after(page, from_step, int(skip))), False)
+        after = _after(page, from_step, skip)
+        return Series(*page, pagination.encode(HISTORY, ("step", *after), context), False)
 
     async def _sample(
-        self, run_id: str, key: str, max_points: int, size: int, token: str
+        self, run_id: str, key: str, max_points: int, size: int, offset: int, context: Any
     ) -> Series | None:
         """Every k-th point in (step, timestamp) order, and the last, when the series is
         longer than max_points; pages are offsets into that sample, which max_points keeps
-        small. None when the whole series fits. The series is read SAMPLE_READ points at a
-        time, so memory stays bounded however long it is."""
+        small. None when the whole series fits the first page. The series is read
+        SAMPLE_READ points at a time, so memory stays bounded however long it is."""
         total = await self.points.count(run_id, key)
-        if total <= max_points:
+        if total <= max_points and not offset:
             return None
-        offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
         every = math.ceil(total / max_points)
         kept: list[Columns] = []
         last: Columns | None = None
@@ -432,23 +477,26 @@ class TrackerStore:
         more = offset + size < len(sample[0])
         return Series(
             *(column[offset : offset + size] for column in sample),
-            pagination.encode(("o", offset + size)) if more else "",
+            pagination.encode(HISTORY, ("sample", 0, offset + size), context) if more else "",
             True,
         )
 
     # ------------------------------------------------------------------ artifacts
     async def record_artifact(self, run_id: str, path: str, size: int, digest: str) -> None:
-        async with db.transaction(self.sessions) as s:
-            await s.execute(
-                delete(artifacts).where(
-                    and_(artifacts.c.run_id == run_id, artifacts.c.path == path)
+        try:
+            async with db.transaction(self.sessions) as s:
+                await s.execute(
+                    delete(artifacts).where(
+                        and_(artifacts.c.run_id == run_id, artifacts.c.path == path)
+                    )
                 )
-            )
-            await s.execute(
-                insert(artifacts).values(
-                    run_id=run_id, path=path, size=size, sha256=digest, created_at=now()
+                await s.execute(
+                    insert(artifacts).values(
+                        run_id=run_id, path=path, size=size, sha256=digest, created_at=now()
+                    )
                 )
-            )
+        except IntegrityError:  # the run was purged while its artifact was uploaded
+            raise NotFound(f"no run {run_id[:100]!r}") from None
 
     async def artifact_hashes(self, run_id: str) -> dict[str, str]:
         async with self.sessions() as s:
@@ -482,6 +530,8 @@ class TrackerStore:
         size: int,
         token: str,
     ) -> tuple[list[Any], str]:
+        _at_most(len(experiment_ids), "experiment_ids")
+        _at_most(len(order_by), "order_by", 20)
         try:
             node = filters.parse_filter(text)
             order = filters.parse_order_by(list(order_by))
@@ -496,8 +546,7 @@ class TrackerStore:
                 ],
             ) from None
         visible = select(experiments.c.id).where(experiments.c.deleted_at.is_(None))
-        if owner is not None:
-            visible = visible.where(experiments.c.owner == owner)
+        visible = owners.restrict(visible, experiments.c.owner, owner)
         if experiment_ids:
             visible = visible.where(experiments.c.id.in_(list(experiment_ids)))
         query = select(runs).where(runs.c.experiment_id.in_(visible))
@@ -508,11 +557,15 @@ class TrackerStore:
             col = _order_column(entity, key)
             columns += [col.is_(None), col.desc() if desc else col.asc()]  # nulls last
         columns += [runs.c.created_at.desc(), runs.c.id.desc()]
-        offset = int(pagination.decode(token)[1]) if token else 0  # type: ignore[index]
         n = pagination.page_size(size)
+        # An offset means something only under the same filter and order: the token is bound
+        # to them.
+        context = (text, list(order_by), sorted(experiment_ids))
+        (offset,) = pagination.decode(token, SEARCH, (pagination.OFFSET,), context) or (0,)
         async with self.sessions() as s:
             rows = (await s.execute(query.order_by(*columns).offset(offset).limit(n + 1))).all()
-        return rows[:n], pagination.encode(("o", offset + n)) if len(rows) > n else ""
+        more = len(rows) > n
+        return rows[:n], pagination.encode(SEARCH, (offset + n,), context) if more else ""
 
 
 def _text_op(column: Any, op: str, value: str) -> Any:
@@ -598,17 +651,22 @@ async def series(
 ) -> dict[str, dict[str, list[tuple[int, float, int]]]]:
     """(step, value, timestamp) per run and key, ordered by step (all keys when none given),
     at most `limit` points in all."""
+    _at_most(len(keys), "metric_keys")
     out: dict[str, dict[str, list[tuple[int, float, int]]]] = {r: {} for r in run_ids}
-    # Every series has a latest point: its row names the series without reading it.
-    query = select(latest_metrics.c.run_id, latest_metrics.c.key).where(
-        latest_metrics.c.run_id.in_(list(run_ids))
-    )
-    if keys:
-        query = query.where(latest_metrics.c.key.in_(list(keys)))
-    async with store.sessions() as s:
-        found = (
-            await s.execute(query.order_by(latest_metrics.c.run_id, latest_metrics.c.key))
-        ).all()
+    found = []
+    ids = list(run_ids)
+    # Every series has a latest point: its row names the series without reading it. The runs
+    # of many experiments are asked for a slice at a time, within what a statement can bind.
+    for at in range(0, len(ids), MAX_ENTRIES):
+        query = select(latest_metrics.c.run_id, latest_metrics.c.key).where(
+            latest_metrics.c.run_id.in_(ids[at : at + MAX_ENTRIES])
+        )
+        if keys:
+            query = query.where(latest_metrics.c.key.in_(list(keys)))
+        async with store.sessions() as s:
+            found += (
+                await s.execute(query.order_by(latest_metrics.c.run_id, latest_metrics.c.key))
+            ).all()
     for run_id, key in found:
         if limit <= 0:
             break

@@ -49,7 +49,7 @@ runs = Table(
     Column("owner", String(200), nullable=False),
     Column("name", String(500), nullable=False),
     Column("status", String(16), nullable=False),
-    Column("job_id", String(64), nullable=False, default=""),
+    Column("job_id", String(64), nullable=False, default="", server_default=""),
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("end_time", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),

@@ -1,4 +1,4 @@
-"""Wiring of the trainer: settings, database, migrations, broker, actors and the servicer."""
+"""Wiring of the trainer: settings, database, migrations, broker and the servicer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neural.v1 import trainer_pb2_grpc
-from neural_dsl import Limits
 from prometheus_client import REGISTRY
 from service_kit import db, webhooks
 from service_kit.auth import AuthStore
@@ -17,7 +16,7 @@ from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings, service_address
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import tables
+from . import tables, tasks
 from .service import METHOD_ROLES, SERVICE, TrainerService
 from .uploads import DatasetStore
 
@@ -41,29 +40,29 @@ async def build(settings: Settings) -> App:
     auth = AuthStore(engine, settings.jwt_secret)
     await auth.migrate()
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
-    setup_broker(settings)
-    from . import worker  # the actors, declared on the broker just set up
-
-    jobs = JobStore(engine, tables.jobs, settings.redis_url, worker.sender)
+    setup_broker(settings)  # the server sends by name (tasks.py); the actors live in the worker
+    sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.deliveries)
+    jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
     store = DatasetStore(engine, settings.storage_dir, settings.max_upload_bytes)
 
     async def deliveries(job_id: str) -> list:
-        found = await worker.sender.deliveries(jobs.sessions, [job_id])
+        found = await sender.deliveries(jobs.sessions, [job_id])
         return [webhooks.to_proto(d) for d in found.get(job_id, [])]
 
     service = TrainerService(
         jobs,
         store,
-        Limits(max_source_bytes=settings.max_source_bytes),
-        {"train_model": worker.train_model, "search_model": worker.search_model},
+        settings.limits(),
+        {"train_model": tasks.TRAIN, "search_model": tasks.SEARCH},
         service_address("compiler"),
         settings.redis_url,
         webhooks.validate,
         deliveries,
+        settings.max_watches_per_principal,
     )
 
     with contextlib.suppress(ValueError):  # already registered: build() ran before here
-        REGISTRY.register(QueueDepth(settings.redis_url, ["training", "trainer.webhooks"]))
+        REGISTRY.register(QueueDepth(settings.redis_url, tasks.QUEUES))
 
     spec = ServiceSpec(
         "trainer",

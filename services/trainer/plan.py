@@ -7,17 +7,20 @@ checks again on the stored request and then loads the data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from neural_dsl import Limits, parse
+from neural_dsl import Limits, parse, propagate_shapes
 from neural_dsl.backends import prepare
-from neural_dsl.ir import Network
+from neural_dsl.ir import HPO, Choice, Network, Range
+from neural_dsl.limits import training_bytes
 
 from . import datasets
 from .datasets import Arrays, DatasetError
+from .training import DEFAULT_BATCH_SIZE
 
 BUILTIN = ("digits", "iris", "wine", "breast_cancer")
 DEFAULT_EXPERIMENT = "Default"
@@ -91,10 +94,11 @@ def check_fit(
     hparams: Mapping[str, Any],
     sample_shape: tuple[int, ...],
     num_classes: int,
+    limits: Limits | None = None,
 ) -> Network:
     """The network with its hyperparameters fixed, after checking the data can feed it and
     its output can express the dataset's classes. Raises DSLError / DatasetError."""
-    resolved, report = prepare(network, backend, hparams)
+    resolved, report = prepare(network, backend, hparams, limits)
     empty = Arrays(np.zeros((0, *sample_shape), np.float32), np.zeros(0, np.int64), num_classes)
     datasets.fit_to_input(empty, input_shape(resolved), resolved.inputs[0].name)
     out = report.output_shape
@@ -111,6 +115,67 @@ def check_fit(
             f"the network has one output unit (binary), but the dataset has {num_classes} classes"
         )
     return resolved
+
+
+class OverLimit(ValueError):
+    """The request asks more of a worker than the service's limits allow."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_budget(
+    resolved: Network, request: TrainingRequest, sample_shape: tuple[int, ...], limits: Limits
+) -> None:
+    """Refuse what would not fit a worker, before it is queued: generated data over
+    `limits.max_dataset_values`, or a training whose memory estimate
+    (`neural_dsl.limits.training_bytes`) is over `limits.max_training_bytes`."""
+    if "synthetic" in request.dataset:
+        values = request.dataset["synthetic"]["num_samples"] * math.prod(sample_shape)
+        if values > limits.max_dataset_values:
+            raise OverLimit(
+                "dataset.synthetic.num_samples",
+                f"the synthetic dataset would hold {values:,} values (samples x features), "
+                f"over the limit of {limits.max_dataset_values:,} (NEURAL_MAX_DATASET_VALUES)",
+            )
+    report = propagate_shapes(resolved, limits)
+    activations = sum(
+        math.prod(8 if d is None else d for d in layer.output_shape) for layer in report.layers
+    )
+    batch = _batch_size(resolved, request)
+    need = training_bytes(report.total_params or 0, activations, batch)
+    if need > limits.max_training_bytes:
+        raise OverLimit(
+            "source",
+            f"training {resolved.name} needs about {need / 2**30:.1f} GiB "
+            f"({report.total_params or 0:,} parameters, batches of {batch}), over the "
+            f"worker's budget of {limits.max_training_bytes / 2**30:.1f} GiB "
+            "(NEURAL_TRAINING_MEMORY_BYTES)",
+        )
+
+
+def _batch_size(network: Network, request: TrainingRequest) -> int:
+    """The batch size the training will use, as far as it is known before it starts."""
+    declared = network.training.batch_size
+    for value in (request.batch_size, declared):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    if isinstance(declared, HPO):
+        chosen = request.hparams.get(declared.name)
+        if isinstance(chosen, int) and not isinstance(chosen, bool):
+            return chosen
+        # a search may pick any value of the space: budget for the largest
+        space = declared.space
+        values: tuple[Any, ...] = ()
+        if isinstance(space, Choice):
+            values = space.values
+        elif isinstance(space, Range):
+            values = (space.end,)
+        sizes = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if sizes:
+            return max(sizes)
+    return DEFAULT_BATCH_SIZE
 
 
 def synthetic_shape(network: Network) -> tuple[int, ...]:

@@ -9,22 +9,24 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from neural_dsl import DSLError, Limits
-from service_kit import db
-from service_kit.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, TERMINAL, JobStore, now
+from neural_dsl import DSLError
+from service_kit import db, lifecycle
+from service_kit.jobs import JobStore
+from service_kit.lifecycle import Lifecycle
 from service_kit.settings import Settings, service_address
 from service_kit.webhooks import WebhookSender
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import plan, tables, training
+from . import plan, tables, tasks, training
 from .datasets import Arrays, DatasetError
 from .plan import TrainingRequest
+from .run_params import run_params
 from .tracking import FAILED as RUN_FAILED
 from .tracking import FINISHED as RUN_FINISHED
 from .tracking import KILLED as RUN_KILLED
@@ -92,24 +94,6 @@ class Resources:
         await self.engine.dispose()
 
 
-def _params(
-    req: TrainingRequest, spec: training.TrainSpec, job_id: str, hparams: dict[str, Any]
-) -> dict[str, str]:
-    params = {
-        "backend": req.backend,
-        "dataset": req.dataset_label(),
-        "epochs": str(spec.epochs),
-        "batch_size": str(spec.batch_size),
-        "validation_split": str(spec.validation_split),
-        "learning_rate": "" if spec.learning_rate is None else repr(spec.learning_rate),
-        "job_id": job_id,
-    }
-    if req.model_id:
-        params["model_id"] = req.model_id
-    params.update({f"hparams.{k}": str(v) for k, v in hparams.items()})
-    return {k: v[:500] for k, v in params.items() if v != ""}
-
-
 class Reporter(training.Callbacks):
     """The training thread's callbacks, which hand their I/O to the event loop."""
 
@@ -154,50 +138,36 @@ class Reporter(training.Callbacks):
 
 
 class JobRunner:
-    def __init__(self, res: Resources, job_id: str) -> None:
+    def __init__(self, res: Resources, job_id: str, max_attempts: int) -> None:
         self.res = res
         self.jobs = res.jobs
         self.job_id = job_id
+        self.life = Lifecycle(res.jobs, job_id, max_attempts)
         self.details: dict[str, Any] = {}
 
-    async def run(self, kind: str) -> None:
-        rec = await self.jobs.get(self.job_id)
-        if rec.state in TERMINAL:
-            return  # cancelled while queued, or a redelivery of a finished job
-        if rec.cancel_requested:
-            await self.jobs.update(self.job_id, "cancelled", state=CANCELLED, ended_at=now())
+    async def run(self, work: Work) -> None:
+        """One attempt: `work` is `JobRunner.train` or `search.run_search` (the actor picks)."""
+        rec = await self.life.start()
+        if rec is None:  # ended, cancelled, or out of attempts: nothing will resume from it
+            shutil.rmtree(self.res.workdir(self.job_id), ignore_errors=True)
             return
         self.details = dict(rec.details)
         self.owner = rec.owner
         req = TrainingRequest.from_json(rec.request)
-        await self.jobs.update(
-            self.job_id,
-            "started",
-            "resumed" if rec.attempts else "",
-            state=RUNNING,
-            started_at=rec.started_at or now(),
-            attempts=rec.attempts + 1,
-        )
         tracker = self.res.tracker(rec.owner)
         try:
-            if kind == "search":
-                from .search import run_search
-
-                await run_search(self, req, tracker)
-            else:
-                await self.train(req, tracker)
+            await work(self, req, tracker)
         except JobFailed as exc:
-            await self._end(FAILED, "failed", str(exc), tracker, RUN_FAILED, error=str(exc))
+            await self._end(tracker, RUN_FAILED, str(exc))
         except training.Cancelled:
-            await self._end(CANCELLED, "cancelled", "cancelled", tracker, RUN_KILLED)
+            await self._end(tracker, RUN_KILLED)
         except TimeLimitExceeded as exc:
-            await self._end(FAILED, "failed", str(exc), tracker, RUN_FAILED, error=str(exc))
+            await self._end(tracker, RUN_FAILED, str(exc))
         except Exception as exc:
             if infrastructure(exc):
                 raise  # Dramatiq retries the message with backoff
             # anything else comes from the program itself (a layer torch rejects at run time)
-            why = f"training failed: {type(exc).__name__}: {exc}"
-            await self._end(FAILED, "failed", why, tracker, RUN_FAILED, error=why[:2000])
+            await self._end(tracker, RUN_FAILED, f"training failed: {type(exc).__name__}: {exc}")
         finally:
             await tracker.close()
 
@@ -206,11 +176,13 @@ class JobRunner:
         self, req: TrainingRequest, hparams: dict[str, Any]
     ) -> tuple[Any, Arrays, training.TrainSpec]:
         """Program, data and settings, checked; JobFailed names what is wrong."""
-        limits = Limits(max_source_bytes=self.res.settings.max_source_bytes)
+        limits = self.res.settings.limits()
         try:
             network = plan.network_of(req.source, req.network, limits)
             data = plan.load_data(req, network, self._load_uploaded)
-            plan.check_fit(network, req.backend, hparams, data.x.shape[1:], data.num_classes)
+            plan.check_fit(
+                network, req.backend, hparams, data.x.shape[1:], data.num_classes, limits
+            )
             spec = training.resolve_spec(
                 network,
                 req.backend,
@@ -245,7 +217,11 @@ class JobRunner:
         return asyncio.run_coroutine_threadsafe(load(), self.loop).result(timeout=600)
 
     async def save_details(self, event: str = "progress", message: str = "", **values: Any) -> None:
-        await self.jobs.update(self.job_id, event, message, details=self.details, **values)
+        """Write the details (and `values`) with an event; no event when `event` is empty."""
+        if event:
+            await self.jobs.update(self.job_id, event, message, details=self.details, **values)
+        else:
+            await self.jobs.save(self.job_id, details=self.details, **values)
 
     async def ensure_run(
         self, tracker: TrackerClient, req: TrainingRequest, key: str, name: str, tags: dict
@@ -259,7 +235,7 @@ class JobRunner:
             self.details[key] = await tracker.create_run(
                 self.details["experiment_id"], name, self.job_id, tags
             )
-            await self.save_details()
+            await self.save_details("")
         return self.details[key]
 
     async def fit(
@@ -271,11 +247,15 @@ class JobRunner:
         workdir: Path,
         progress_span: tuple[float, float] = (0.0, 1.0),
         onnx: bool = True,
+        epoch_events: bool = True,
     ) -> training.TrainOutcome:
-        """Train one model, logging each epoch to `run_id` exactly once."""
+        """Train one model, logging each epoch to `run_id` exactly once. With `epoch_events`,
+        each finished epoch is one `progress` event (a search tells of its trials instead);
+        progress within an epoch is written to the job without an event."""
         self.loop = asyncio.get_running_loop()
         network, data, spec = await asyncio.to_thread(self.prepare, req, hparams)
-        await tracker.log_params(run_id, _params(req, spec, self.job_id, hparams))
+        params = await asyncio.to_thread(run_params, req, network, spec, self.job_id, hparams)
+        await tracker.log_params(run_id, params)
         logged = await tracker.last_step(run_id, "loss")
         low, high = progress_span
 
@@ -288,22 +268,16 @@ class JobRunner:
                 epoch=result.epoch, epochs_done=result.epoch, step=0, metrics=result.metrics
             )
             await self.save_details(
-                "progress",
+                "progress" if epoch_events else "",
                 f"epoch {result.epoch}/{spec.epochs}",
                 progress=low + (high - low) * result.epoch / spec.epochs,
             )
 
         async def on_progress(epoch: int, step: int, loss: float, done: float) -> None:
-            self.details.update(epoch=epoch, step=step)
-            self.details.setdefault("metrics", {})
+            # no event and no details: an event per batch would repeat the last epoch's
+            # metrics under the next epoch's number
             with contextlib.suppress(Exception):  # progress is best effort
-                await self.jobs.update(
-                    self.job_id,
-                    "progress",
-                    f"epoch {epoch} step {step} loss {loss:.4f}",
-                    progress=low + (high - low) * done,
-                    details=self.details,
-                )
+                await self.jobs.save(self.job_id, progress=low + (high - low) * done)
 
         n_train = len(data.x) - int(len(data.x) * spec.validation_split)
         cancel = threading.Event()
@@ -356,14 +330,7 @@ class JobRunner:
             device=outcome.device,
             resumed_from=outcome.resumed_from,
         )
-        await self.save_details(
-            "completed",
-            f"runs/{run_id}",
-            state=SUCCEEDED,
-            ended_at=now(),
-            progress=1.0,
-            result=f"runs/{run_id}",
-        )
+        await self.life.succeed(f"runs/{run_id}", progress=1.0, details=self.details)
         shutil.rmtree(workdir, ignore_errors=True)
 
     @staticmethod
@@ -373,20 +340,45 @@ class JobRunner:
         path.write_text(source, encoding="utf-8")
         return path
 
-    async def _end(
-        self,
-        state: str,
-        event: str,
-        message: str,
-        tracker: TrackerClient,
-        run_status: int,
-        error: str = "",
-    ) -> None:
+    async def _end(self, tracker: TrackerClient, run_status: int, reason: str = "") -> None:
+        """Fail the job with `reason`, or cancel it without one; its runs get `run_status`."""
         for key in ("run_id", "trial_run_id"):
             run_id = self.details.get(key)
             if run_id:
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await tracker.set_status(run_id, run_status)
         self.details.pop("trial_run_id", None)
-        await self.save_details(event, message, state=state, ended_at=now(), error=error)
+        if reason:
+            await self.life.fail(reason, details=self.details)
+        else:
+            await self.life.cancel(details=self.details)
         shutil.rmtree(self.res.workdir(self.job_id), ignore_errors=True)
+
+
+Work = Callable[[JobRunner, TrainingRequest, TrackerClient], Awaitable[None]]
+
+
+def _resources(settings: Settings) -> Resources:
+    return Resources.open(settings, WebhookSender(tasks.WEBHOOKS, tables.deliveries))
+
+
+async def run_job(settings: Settings, job_id: str, work: Work, max_attempts: int) -> None:
+    """What the `train_model` and `search_model` actors run."""
+    res = _resources(settings)
+    try:
+        await JobRunner(res, job_id, max_attempts).run(work)
+    finally:
+        await res.close()
+
+
+async def gave_up(
+    settings: Settings, message: Mapping[str, Any], retry_info: Mapping[str, Any]
+) -> None:
+    """What `training_gave_up` runs when a job's retries ran out."""
+    res = _resources(settings)
+    try:
+        await lifecycle.give_up(res.jobs, message, retry_info)
+        job_id, _ = lifecycle.exhausted(message, retry_info)
+        shutil.rmtree(res.workdir(job_id), ignore_errors=True)
+    finally:
+        await res.close()

@@ -4,17 +4,20 @@ and is a run of its own in the tracker.
 The study lives in memory; the finished trials live on the job (details["trials"]), so a
 redelivered search job rebuilds its study from them and goes on where it stopped, and a
 trial interrupted half way resumes from its own checkpoint.
+
+Trials are numbered from 1 everywhere (the job's details, run names, tags, events). A search
+job tells of its trials, not of their epochs: one `progress` event per finished trial, with
+that trial's metrics, then `completed` with the best trial's.
 """
 
 from __future__ import annotations
 
 import contextlib
+from decimal import Decimal
 from typing import Any
 
 import optuna
-from neural_dsl import Limits
 from neural_dsl.ir import HPO, Choice, LogRange, Range
-from service_kit.jobs import SUCCEEDED, now
 
 from . import plan
 from .datasets import DatasetError
@@ -53,17 +56,25 @@ def distribution(h: HPO) -> optuna.distributions.BaseDistribution:
     )
 
 
+def _decimals(x: int | float) -> int:
+    exponent = Decimal(repr(x)).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
 def value_of(h: HPO, sampled: Any) -> Any:
-    """The HPO value a sample stands for (a position picks a non-plain choice)."""
+    """The HPO value a sample stands for: a position picks a non-plain choice, and a stepped
+    float range gives its grid's value as written (0.3, not 0.30000000000000004)."""
     space = h.space
     if isinstance(space, Choice) and not all(_plain(v) for v in space.values):
         return space.values[int(sampled)]
+    if isinstance(space, Range) and space.step and isinstance(sampled, float):
+        return round(sampled, max(_decimals(space.start), _decimals(space.step)))
     return sampled
 
 
 async def run_search(runner: JobRunner, req: TrainingRequest, tracker: TrackerClient) -> None:
     try:
-        network = plan.network_of(req.source, req.network, Limits())
+        network = plan.network_of(req.source, req.network, runner.res.settings.limits())
         spaces = {h.name: h for h in network.hpo_params()}
         dists = {name: distribution(h) for name, h in spaces.items()}
     except (DatasetError, ValueError) as exc:
@@ -82,7 +93,7 @@ async def run_search(runner: JobRunner, req: TrainingRequest, tracker: TrackerCl
             )
         )
     n = req.n_trials
-    for number in range(len(trials), n):
+    for number in range(len(trials) + 1, n + 1):
         if (await runner.jobs.get(runner.job_id)).cancel_requested:
             from .training import Cancelled
 
@@ -109,8 +120,9 @@ async def run_search(runner: JobRunner, req: TrainingRequest, tracker: TrackerCl
                 req,
                 values,
                 runner.res.workdir(runner.job_id) / f"trial-{number}",
-                (number / n, (number + 1) / n),
+                ((number - 1) / n, number / n),
                 onnx=False,
+                epoch_events=False,
             )
         except JobFailed as exc:  # these values make a bad network: the search goes on
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -132,21 +144,20 @@ async def run_search(runner: JobRunner, req: TrainingRequest, tracker: TrackerCl
         _best(runner.details, trials, req.direction)
         runner.details.update(epoch=0, step=0, metrics=metrics, trial=number)
         await runner.save_details(
-            "progress",
-            f"trial {number + 1}/{n} {entry['state']}",
-            progress=(number + 1) / n,
+            "progress", f"trial {number}/{n} {entry['state']}", progress=number / n
         )
     if not runner.details.get("best_run_id"):
         last = trials[-1].get("error", "") if trials else ""
         raise JobFailed(f"every trial failed; the last: {last}")
     best = runner.details["best_run_id"]
-    await runner.save_details(
-        "completed",
-        f"best runs/{best}",
-        state=SUCCEEDED,
-        ended_at=now(),
+    runner.details.update(
+        metrics=runner.details["best_metrics"], trial=runner.details["best_trial"]
+    )
+    await runner.life.succeed(
+        f"runs/{best}",
+        f"best: trial {runner.details['best_trial']}, runs/{best}",
         progress=1.0,
-        result=f"runs/{best}",
+        details=runner.details,
     )
 
 
@@ -160,5 +171,6 @@ def _best(details: dict[str, Any], trials: list[dict[str, Any]], direction: str)
         best_run_id=best["run_id"],
         best_trial=best["number"],
         best_value=best["value"],
+        best_metrics=best["metrics"],
         best_values={k: v if _plain(v) else list(v) for k, v in best["values"].items()},
     )

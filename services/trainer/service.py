@@ -7,7 +7,6 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import dramatiq
 import grpc
 import redis.asyncio as aioredis
 from google.protobuf import empty_pb2, json_format
@@ -20,10 +19,12 @@ from neural.v1 import (
     trainer_pb2_grpc,
 )
 from neural_dsl import DSLError, Limits
-from service_kit import errors, job_messages, pagination
+from service_kit import errors, job_messages, owners, pagination, request_checks
 from service_kit.heartbeat import list_workers
-from service_kit.interceptors import principal
+from service_kit.interceptors import CREDENTIAL_HEADERS, principal
 from service_kit.jobs import JobRecord, JobStore
+from service_kit.streams import StreamCap
+from service_kit.tasks import Sendable
 
 from . import datasets, plan, uploads
 from .datasets import DatasetError
@@ -43,6 +44,7 @@ BUILTINS = {
     trainer_pb2.BUILTIN_DATASET_BREAST_CANCER: "breast_cancer",
 }
 MAX_TRIALS = 1000
+WORKERS = "trainer_workers"  # the listing of ListWorkers' page tokens
 
 METHOD_ROLES = {
     f"/{SERVICE}/{m}": "viewer"
@@ -59,12 +61,6 @@ METHOD_ROLES = {
 } | {f"/{SERVICE}/ListWorkers": "admin"}
 
 
-def _owner_filter() -> str | None:
-    """Admins see every owner's jobs and datasets; others only their own."""
-    who = principal()
-    return None if who.role == "admin" else who.subject
-
-
 def _bad(field: str, why: str) -> errors.InvalidArgument:
     return errors.InvalidArgument(f"{field}: {why}", [errors.FieldViolation(field, why)])
 
@@ -75,13 +71,15 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         jobs: JobStore,
         store: DatasetStore,
         limits: Limits,
-        actors: dict[str, dramatiq.Actor],
+        actors: dict[str, Sendable],
         compiler_address: str,
         redis_url: str,
         validate_webhooks: Callable[[Any], list[dict[str, Any]]],
         deliveries: Callable[[str], Any],
+        max_watches_per_principal: int = 20,
     ) -> None:
         self.jobs = jobs
+        self.watches = StreamCap(max_watches_per_principal)
         self.store = store
         self.limits = limits
         self.actors = actors
@@ -95,7 +93,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     # ---------------------------------------------------------- requests
     async def _model_source(self, model_id: str, context: Any) -> tuple[str, str, dict]:
         """A registry model's program, fetched from the compiler as the caller."""
-        auth = [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
+        auth = [(k, v) for k, v in context.invocation_metadata() if k in CREDENTIAL_HEADERS]
         async with grpc.aio.insecure_channel(self.compiler_address) as channel:
             stub = compiler_pb2_grpc.CompilerServiceStub(channel)
             try:
@@ -104,9 +102,11 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                    raise errors.NotFound(f"no model {model_id!r}") from None
+                    raise errors.NotFound(f"no model {errors.shown(model_id)}") from None
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     raise errors.PermissionDenied(exc.details() or "") from None
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise errors.Unauthenticated(exc.details() or "") from None
                 raise errors.Unavailable(f"the compiler is unavailable: {exc.details()}") from exc
         return model.source, model.network, json_format.MessageToDict(model.hparams)
 
@@ -190,7 +190,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
             if not 0 <= request.validation_split < 1:
                 raise _bad("validation_split", "in [0, 1)")
             req.validation_split = request.validation_split
-        req.hparams = hparams | json_format.MessageToDict(request.hparams)
+        req.hparams = hparams | request_checks.struct_values(request.hparams, "hparams")
 
     @staticmethod
     def _search_fields(request: Any, req: TrainingRequest) -> None:
@@ -219,9 +219,14 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
             else:
                 hparams = req.hparams
             sample = shape or plan.synthetic_shape(network)
-            plan.check_fit(network, req.backend, hparams, tuple(sample), classes)
+            resolved = plan.check_fit(
+                network, req.backend, hparams, tuple(sample), classes, self.limits
+            )
+            plan.check_budget(resolved, req, tuple(sample), self.limits)
         except DSLError as exc:
             raise errors.program_invalid(exc) from None
+        except plan.OverLimit as exc:
+            raise _bad(exc.field, str(exc)) from None
         except DatasetError as exc:
             raise _bad("dataset", str(exc)) from None
 
@@ -231,9 +236,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         return job_messages.job(rec)
 
     async def _get(self, job_id: str, kind: str) -> JobRecord:
-        rec = await self.jobs.get(job_id, _owner_filter())
+        rec = await self.jobs.get(job_id, owners.scope())
         if rec.kind != kind:
-            raise errors.NotFound(f"no {kind} job {job_id!r}")
+            raise errors.NotFound(f"no {kind} job {errors.shown(job_id)}")
         return rec
 
     async def _message(self, rec: JobRecord) -> common_pb2.Job:
@@ -242,7 +247,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     async def _list(self, request: Any, kind: str) -> common_pb2.ListJobsResponse:
         state = job_messages.JOB_STATE_NAMES.get(request.state) if request.state else None
         records, token = await self.jobs.list(
-            _owner_filter(), request.page_size, request.page_token, state, kind
+            owners.scope(), request.page_size, request.page_token, state, kind
         )
         return common_pb2.ListJobsResponse(
             jobs=[job_messages.job(r) for r in records], next_page_token=token
@@ -250,8 +255,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def _watch(self, job_id: str, kind: str) -> AsyncIterator[common_pb2.JobEvent]:
         await self._get(job_id, kind)
-        async for event, message, rec in self.jobs.watch(job_id, _owner_filter()):
-            yield job_messages.event(rec, event, message)
+        with self.watches.hold(principal().subject):  # one caller cannot hold them all
+            async for event, message, rec in self.jobs.watch(job_id, owners.scope()):
+                yield job_messages.event(rec, event, message)
 
     # ---------------------------------------------------------- training jobs
     async def SubmitTraining(self, request: Any, context: Any) -> common_pb2.Job:
@@ -266,7 +272,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def CancelTrainingJob(self, request: Any, context: Any) -> common_pb2.Job:
         await self._get(request.id, "training")
-        return await self._message(await self.jobs.cancel(request.id, _owner_filter()))
+        return await self._message(await self.jobs.cancel(request.id, owners.scope()))
 
     async def WatchTrainingJob(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for event in self._watch(request.id, "training"):
@@ -285,7 +291,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def CancelSearchJob(self, request: Any, context: Any) -> common_pb2.Job:
         await self._get(request.id, "search")
-        return await self._message(await self.jobs.cancel(request.id, _owner_filter()))
+        return await self._message(await self.jobs.cancel(request.id, owners.scope()))
 
     async def WatchSearchJob(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for event in self._watch(request.id, "search"):
@@ -298,18 +304,18 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def ListDatasets(self, request: Any, context: Any) -> Any:
         records, token = await self.store.list(
-            _owner_filter(), request.page_size, request.page_token, request.name
+            owners.scope(), request.page_size, request.page_token, request.name
         )
         return trainer_pb2.ListDatasetsResponse(
             datasets=[uploads.to_message(r) for r in records], next_page_token=token
         )
 
     async def GetDataset(self, request: Any, context: Any) -> Any:
-        return uploads.to_message(await self.store.get(request.id, _owner_filter()))
+        return uploads.to_message(await self.store.get(request.id, owners.scope()))
 
     async def DeleteDataset(self, request: Any, context: Any) -> Any:
-        record = await self.store.get(request.id, _owner_filter())
-        await self.store.delete(record.id, _owner_filter(), await self._dataset_in_use(record.id))
+        record = await self.store.get(request.id, owners.scope())
+        await self.store.delete(record.id, owners.scope(), await self._dataset_in_use(record.id))
         return empty_pb2.Empty()
 
     async def _dataset_in_use(self, dataset_id: str) -> bool:
@@ -327,12 +333,15 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
 
     # ---------------------------------------------------------- workers
     async def ListWorkers(self, request: Any, context: Any) -> Any:
+        size = pagination.page_size(request.page_size)
+        bound_to = (request.include_dead,)  # the token's context
+        (start,) = pagination.decode(
+            request.page_token, WORKERS, (pagination.OFFSET,), bound_to
+        ) or (0,)
         try:
             workers = await list_workers(self.redis, include_dead=request.include_dead)
         except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
             raise errors.Unavailable("Redis is unavailable") from exc
-        size = pagination.page_size(request.page_size)
-        start = int(request.page_token or 0) if (request.page_token or "0").isdigit() else 0
         page = workers[start : start + size]
         return trainer_pb2.ListWorkersResponse(
             workers=[
@@ -347,5 +356,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
                 )
                 for w in page
             ],
-            next_page_token=str(start + size) if start + size < len(workers) else "",
+            next_page_token=pagination.encode(WORKERS, (start + size,), bound_to)
+            if start + size < len(workers)
+            else "",
         )

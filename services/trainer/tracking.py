@@ -44,7 +44,9 @@ class TrackerClient:
         await self.channel.close()
 
     async def experiment_id(self, name: str) -> str:
-        """The owner's experiment of that name, created when missing."""
+        """The owner's experiment of that name, created when missing. A deleted experiment
+        keeps its name until purged (as in MLflow), so training into that name restores it:
+        a training never fails because its experiment was deleted, and nothing is lost."""
         try:
             exp = await self.stub.CreateExperiment(
                 tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name=name)),
@@ -58,13 +60,22 @@ class TrackerClient:
         token = ""
         while True:  # the name filter matches substrings: find the exact one
             page = await self.stub.ListExperiments(
-                tracker_pb2.ListExperimentsRequest(name=name, page_size=1000, page_token=token),
+                tracker_pb2.ListExperimentsRequest(
+                    name=name, page_size=1000, page_token=token, include_deleted=True
+                ),
                 metadata=self.meta,
                 timeout=self.timeout,
             )
             for exp in page.experiments:
-                if exp.name == name:
-                    return exp.id
+                if exp.name != name:
+                    continue
+                if exp.HasField("delete_time"):
+                    await self.stub.RestoreExperiment(
+                        tracker_pb2.RestoreExperimentRequest(id=exp.id),
+                        metadata=self.meta,
+                        timeout=self.timeout,
+                    )
+                return exp.id
             token = page.next_page_token
             if not token:
                 raise RuntimeError(f"experiment {name!r} exists but cannot be found")
@@ -137,7 +148,9 @@ class TrackerClient:
                     offset += len(data)
             if offset == 0:
                 yield tracker_pb2.ArtifactChunk(run_id=run_id, path=path, chunk=common_pb2.Chunk())
-            yield tracker_pb2.ArtifactChunk(chunk=common_pb2.Chunk(sha256=digest.hexdigest()))
+            yield tracker_pb2.ArtifactChunk(
+                chunk=common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
+            )
 
         await self.stub.UploadArtifact(chunks(), metadata=self.meta, timeout=self.timeout * 4)
 

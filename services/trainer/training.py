@@ -39,7 +39,7 @@ from neural_dsl.backends.common import first_layer, settings
 from neural_dsl.ir import HPO, Network, Optimizer, Param, Schedule, network_to_json
 from neural_dsl.shapes import ShapeReport, fmt
 
-from .datasets import Arrays, DatasetError, fit_to_input
+from .datasets import Arrays, DatasetError, fit_to_input, split_order
 
 log = logging.getLogger(__name__)
 
@@ -296,11 +296,17 @@ def _task(network: Network, report: ShapeReport, data: Arrays, spec: TrainSpec) 
         raise DatasetError(
             f"validation_split {spec.validation_split} of {n} samples leaves none to validate on"
         )
+    # Shuffled (seeded) and stratified before the split: an uploaded file sorted by class would
+    # otherwise validate on classes the network never trained on.
+    if n_train < n:
+        order = split_order(ids, n - n_train, spec.seed)
+        x, target, ids = x[order], target[order], ids[order]
     return _Task(x, target, ids, n_train, binary, loss)
 
 
 def train_rows(samples: int, validation_split: float) -> int:
-    """How many of `samples` rows train; the rest, at the end, validate (Keras' rule)."""
+    """How many of `samples` rows train; the rest validate (a stratified share, see
+    `datasets.split_order`)."""
     return math.ceil(samples * (1 - validation_split)) if validation_split else samples
 
 

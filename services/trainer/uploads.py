@@ -1,8 +1,9 @@
 """Uploaded datasets: immutable files under <storage>/datasets/<id>.<npz|csv>, one row each.
 
-An upload streams into a hidden temporary file in that folder while it is hashed; only once the
-size, the sha256 the client declared and the content rules (datasets.inspect_file) all check
-out is it renamed into place (atomic) and its row inserted. Any failure, a client that goes
+An upload streams into a hidden temporary file in that folder while it is hashed, by the rules
+every upload shares (service_kit.chunked_upload); only once the size, the sha256 the client
+declared and the content rules (datasets.inspect_file) all check out is it renamed into place
+(atomic) and its row inserted. Any failure, a client that goes
 away included, removes the temporary file, so a rejected upload leaves neither file nor row.
 The file is renamed before the row is inserted: a crash in between leaves an orphan file
 (harmless), never a row without its file.
@@ -12,11 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
-import os
-import re
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from neural.v1 import common_pb2, trainer_pb2
-from service_kit import db, pagination
+from service_kit import chunked_upload, db, owners, pagination
 from service_kit.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
+    shown,
 )
 from service_kit.job_messages import timestamp
 from sqlalchemy import delete, select
@@ -42,8 +39,6 @@ from .tables import datasets
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024**2
 MAX_NAME_LENGTH = 255  # the name column's width
-_TEMP_PREFIX = ".upload-"
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _FORMAT_MESSAGES = {
     "npz": trainer_pb2.DATASET_FORMAT_NPZ,
     "csv": trainer_pb2.DATASET_FORMAT_CSV,
@@ -142,38 +137,28 @@ class DatasetStore:
         if first is None:
             raise _violation("name", "the upload is empty: the first chunk names the file")
         fmt = dataset_format(first.name)
-        if first.total_size < 0:
-            raise _violation("total_size", "total_size must not be negative")
-        if first.total_size > self.max_bytes:
-            raise ResourceExhausted(
-                f"the dataset is {first.total_size} bytes, over the limit of {self.max_bytes}"
-            )
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=f".{fmt}")
-        tmp = Path(tmp_name)
         final: Path | None = None
         try:
-            size, sha256 = await self._receive(fd, first, chunks)
-            if first.total_size and size != first.total_size:
-                raise _violation(
-                    "total_size", f"the upload ended after {size} of {first.total_size} bytes"
+            async with chunked_upload.receive(
+                first, chunks, self.root, self.max_bytes, what="the dataset", suffix=f".{fmt}"
+            ) as received:
+                try:
+                    shapes = await asyncio.to_thread(inspect_file, received.path, fmt)
+                except DatasetError as exc:
+                    raise _violation("data", f"{first.name}: {exc}") from None
+                rec = DatasetRecord(
+                    id=str(uuid.uuid4()),
+                    owner=owner,
+                    name=first.name,
+                    format=fmt,
+                    size_bytes=received.size,
+                    sha256=received.sha256,
+                    shapes=shapes,
+                    created_at=dt.datetime.now(dt.UTC),
                 )
-            try:
-                shapes = await asyncio.to_thread(inspect_file, tmp, fmt)
-            except DatasetError as exc:
-                raise _violation("data", f"{first.name}: {exc}") from None
-            rec = DatasetRecord(
-                id=str(uuid.uuid4()),
-                owner=owner,
-                name=first.name,
-                format=fmt,
-                size_bytes=size,
-                sha256=sha256,
-                shapes=shapes,
-                created_at=dt.datetime.now(dt.UTC),
-            )
-            final = self.path(rec)
-            os.replace(tmp, final)
+                final = self.path(rec)
+                received.publish(final)
             async with db.transaction(self.sessions) as s:
                 await s.execute(
                     datasets.insert().values(
@@ -181,81 +166,32 @@ class DatasetStore:
                         owner=owner,
                         name=rec.name,
                         format=fmt,
-                        size_bytes=size,
-                        sha256=sha256,
+                        size_bytes=rec.size_bytes,
+                        sha256=rec.sha256,
                         shapes_json=json.dumps({k: list(v) for k, v in shapes.items()}),
                         created_at=rec.created_at,
                     )
                 )
         except BaseException:
-            tmp.unlink(missing_ok=True)
             if final is not None:
                 final.unlink(missing_ok=True)
             raise
         return rec
-
-    async def _receive(
-        self, fd: int, first: common_pb2.Chunk, rest: AsyncIterator[common_pb2.Chunk]
-    ) -> tuple[int, str]:
-        """Write every chunk's data to `fd` while hashing; (size, hex sha256) once it matches."""
-        digest = hashlib.sha256()
-        size = 0
-        declared = ""
-
-        async def all_chunks() -> AsyncIterator[common_pb2.Chunk]:
-            yield first
-            async for chunk in rest:
-                yield chunk
-
-        with os.fdopen(fd, "wb") as f:
-            async for chunk in all_chunks():
-                if declared and chunk.data:
-                    raise _violation("sha256", "sha256 belongs on the last chunk, after all data")
-                if chunk.offset != size:
-                    raise _violation(
-                        "offset", f"a chunk starts at offset {chunk.offset}, expected {size}"
-                    )
-                size += len(chunk.data)
-                if size > self.max_bytes:
-                    raise ResourceExhausted(
-                        f"the dataset is over the limit of {self.max_bytes} bytes"
-                    )
-                if first.total_size and size > first.total_size:
-                    raise _violation(
-                        "total_size", f"more data than the declared {first.total_size} bytes"
-                    )
-                if chunk.data:
-                    digest.update(chunk.data)
-                    await asyncio.to_thread(f.write, chunk.data)
-                declared = chunk.sha256 or declared
-        if size == 0:
-            raise _violation("data", "the uploaded file is empty")
-        if not _SHA256.match(declared):
-            raise _violation(
-                "sha256", "the last chunk must carry the file's sha256 as 64 hex digits"
-            )
-        if digest.hexdigest() != declared.lower():
-            raise _violation(
-                "sha256", "the sha256 of the uploaded bytes does not match: nothing was stored"
-            )
-        return size, digest.hexdigest()
 
     async def get(self, dataset_id: str, owner: str | None) -> DatasetRecord:
         """The dataset; NOT_FOUND when it does not exist or belongs to another owner (None is
         an admin, who sees every dataset)."""
         async with self.sessions() as s:
             row = (await s.execute(select(datasets).where(datasets.c.id == dataset_id))).first()
-        if row is None or (owner is not None and row.owner != owner):
-            raise NotFound(f"no dataset {dataset_id!r}")
+        if row is None or not owners.visible(row.owner, owner):
+            raise NotFound(f"no dataset {shown(dataset_id)}")
         return _record(row)
 
     async def list(
         self, owner: str | None, size: int, token: str, name_contains: str = ""
     ) -> tuple[list[DatasetRecord], str]:
         """One page, newest first, and the next page's token ("" at the end)."""
-        query = select(datasets)
-        if owner is not None:
-            query = query.where(datasets.c.owner == owner)
+        query = owners.restrict(select(datasets), datasets.c.owner, owner)
         if name_contains:
             query = query.where(datasets.c.name.contains(name_contains, autoescape=True))
         rows, next_token = await pagination.newest_first(
@@ -290,7 +226,7 @@ class DatasetStore:
             return 0
         cutoff = time.time() - older_than_s
         removed = 0
-        for tmp in self.root.glob(f"{_TEMP_PREFIX}*"):
+        for tmp in self.root.glob(f"{chunked_upload.TEMP_PREFIX}*"):
             try:
                 if tmp.stat().st_mtime < cutoff:
                     tmp.unlink()

@@ -27,6 +27,15 @@ PROGRAMS: dict[str, str] = {
         Dense(10, "softmax")
         """,
     ),
+    # Dense and Output act on the last axis of any rank (Keras' Dense, torch's Linear)
+    "dense_last_axis": program(
+        "(6, 5, 3)",
+        """
+        Dense(4, "relu")
+        Conv2D(2, (3,3))
+        Output(3, "softmax")
+        """,
+    ),
     "residual": program(
         "(8, 8, 4)",
         """

@@ -46,6 +46,7 @@ def test_compile_without_hparams_names_the_missing_values(tmp_path: Path) -> Non
     assert r.returncode == 1
     assert "no value for hyperparameter 'layers.dense_1.units'" in r.stderr
     assert "no value for hyperparameter 'optimizer.learning_rate'" in r.stderr
+    assert "search space log_range(0.0001, 0.01)" in r.stderr
     assert not (tmp_path / "m.py").exists()
 
 
@@ -70,6 +71,74 @@ def test_compile_with_hparams_writes_the_artifact(tmp_path: Path, backend: str) 
         compile(text, str(out), "exec")
 
 
+def test_compile_to_stdout_writes_the_source_and_the_summary_to_stderr(tmp_path: Path) -> None:
+    f = tmp_path / "plain.neural"
+    f.write_text(net('Flatten()\n    Output(10, "softmax")'))
+    r = run("compile", str(f), "--backend", "tensorflow", "-o", "-")
+    assert r.returncode == 0, r.stderr
+    assert "def build_model()" in r.stdout
+    compile(r.stdout, "model_keras.py", "exec")
+    assert "<stdout>: tensorflow, network T, 7,850 parameters" in r.stderr
+    assert list(tmp_path.iterdir()) == [f]  # no file written
+
+
+def test_compile_onnx_to_a_pipe_writes_the_model(tmp_path: Path) -> None:
+    import onnx
+
+    f = tmp_path / "plain.neural"
+    f.write_text(net('Flatten()\n    Output(10, "softmax")'))
+    r = subprocess.run(
+        [sys.executable, "-m", "neural_dsl", "compile", str(f), "--backend", "onnx", "-o", "-"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    onnx.checker.check_model(onnx.load_from_string(r.stdout), full_check=True)
+
+
+def test_compile_onnx_refuses_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    f = tmp_path / "plain.neural"
+    f.write_text(net('Flatten()\n    Output(10, "softmax")'))
+    leader, follower = pty.openpty()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "neural_dsl", "compile", str(f), "--backend", "onnx", "-o", "-"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert r.returncode == 2
+    assert "an ONNX model is binary: redirect standard output" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("backend", "name"),
+    [("pytorch", "mnist.py"), ("tensorflow", "mnist_keras.py"), ("onnx", "mnist.onnx")],
+)
+def test_compile_without_output_names_the_file_after_the_input(
+    tmp_path: Path, backend: str, name: str
+) -> None:
+    f = tmp_path / "mnist.neural"
+    f.write_text(net('Flatten()\n    Output(10, "softmax")'))
+    r = run("compile", str(f), "--backend", backend)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / name
+    assert f"{out}: {backend}, network T, 7,850 parameters" in r.stdout
+    if backend == "onnx":
+        import onnx
+
+        onnx.checker.check_model(onnx.load(out), full_check=True)
+    else:
+        assert "def build_model()" in out.read_text()
+
+
 def test_compile_rejects_a_value_outside_its_space(tmp_path: Path) -> None:
     f = tmp_path / "hpo.neural"
     f.write_text(HPO)
@@ -78,7 +147,9 @@ def test_compile_rejects_a_value_outside_its_space(tmp_path: Path) -> None:
         "compile", str(f), "--backend", "tensorflow", "-o", str(tmp_path / "m.py"), "--hparams", hp
     )
     assert r.returncode == 1
-    assert "value 17 for 'layers.dense_1.units' is outside its search space" in r.stderr
+    assert (
+        "value 17 for 'layers.dense_1.units' is outside its search space choice(16, 32)" in r.stderr
+    )
 
 
 def test_unsupported_layer_names_layer_line_and_backend(tmp_path: Path) -> None:

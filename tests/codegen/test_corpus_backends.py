@@ -30,7 +30,10 @@ COMPILABLE = {
     "examples__macros.neural",
     "examples__mnist.neural",
     "examples__mnist_2.neural",
+    "examples__mnist_hpo.neural",  # Dense on an image: the last axis, as in Keras
+    "examples__tiny.neural",
     "neuralpaper__backend__models__resnet.neural",
+    "tests__tmp_path__sample.neural",
 }
 
 

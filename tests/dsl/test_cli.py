@@ -59,12 +59,10 @@ def test_check_reports_syntax_errors(tmp_path: Path) -> None:
 
 def test_check_reports_shape_errors(tmp_path: Path) -> None:
     f = tmp_path / "shape.neural"
-    f.write_text(net('Conv2D(8, (3,3))\n    Dense(10, "softmax")'))
+    f.write_text(net("Flatten()\n    Conv2D(8, (3,3))"))
     r = run("check", str(f))
     assert r.returncode == 1
-    assert ":5:5: error: Dense expects (features) or (steps, features) input, got (26, 26, 8)" in (
-        r.stderr
-    )
+    assert ":5:5: error: Conv2D expects (height, width, channels) input, got (784,)" in r.stderr
 
 
 def test_shapes_prints_json_per_layer(tmp_path: Path) -> None:
@@ -107,3 +105,56 @@ def test_cli_never_imports_a_framework(tmp_path: Path) -> None:
     (tmp_path / "x.neural").write_text(MNIST)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+HPO_PROGRAM = net(
+    "Flatten()\n"
+    '    Dense(HPO(choice(16, 32)), "relu")\n'
+    "    Dropout(HPO(range(0.1, 0.5, step=0.1)))\n"
+    '    Output(10, "softmax")',
+    extra="loss: sparse_categorical_crossentropy\n"
+    "  optimizer: Adam(learning_rate=HPO(log_range(1e-4, 1e-2)))",
+)
+
+
+def test_hparams_lists_every_name_with_its_space_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "hpo.neural"
+    f.write_text(HPO_PROGRAM)
+    r = run("hparams", str(f))
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("  ") for line in r.stdout.splitlines()]
+    assert [(where.split(":")[0], name, space) for where, name, space in rows] == [
+        ("5", "layers.dense_1.units", "choice(16, 32)"),
+        ("6", "layers.dropout_1.rate", "range(0.1, 0.5, step=0.1)"),
+        ("9", "optimizer.learning_rate", "log_range(0.0001, 0.01)"),
+    ]
+    as_json = json.loads(run("hparams", "--json", str(f)).stdout)
+    assert as_json[0] == {
+        "network": "T",
+        "name": "layers.dense_1.units",
+        "space": "choice(16, 32)",
+        "line": 5,
+        "column": 11,
+    }
+
+
+def test_hparams_of_a_program_without_any_prints_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "plain.neural"
+    f.write_text(MNIST)
+    r = run("hparams", str(f))
+    assert r.returncode == 0 and r.stdout == ""
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    f = tmp_path / "mnist.neural"
+    f.write_text(MNIST)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neural_dsl", "ir", str(f)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes (`| head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141  # as a process stopped by SIGPIPE, and silent
+    assert err == ""

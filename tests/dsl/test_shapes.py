@@ -370,10 +370,16 @@ def test_elementwise_merges(merge: str) -> None:
 
 
 # ---------------------------------------------------------------------- errors
-def test_dense_after_a_feature_map_asks_for_flatten_at_the_dense_layer() -> None:
-    d = shape_error("(28, 28, 1)", "Conv2D(32, (3,3))", "MaxPooling2D((2,2))", "Dense(10)")
-    assert "Flatten" in d.message and "(13, 13, 32)" in d.message, d.message
-    assert (d.line, d.column) == (FIRST_LINE + 2, COLUMN)
+def test_dense_and_output_act_on_the_last_axis_of_any_rank() -> None:
+    # as Keras' Dense and torch's Linear: each pixel's channels map to the units
+    rep = report("(28, 28, 1)", "Dense(10)", "Conv2D(4, (3,3))", 'Output(3, "softmax")')
+    assert [(la.output_shape, la.params) for la in rep.layers] == [
+        ((28, 28, 10), 20),  # 1*10 + 10
+        ((26, 26, 4), 364),  # 3*3*10*4 + 4
+        ((26, 26, 3), 15),  # 4*3 + 3
+    ]
+    volume = report("(4, 5, 6, 7)", "Dense(2, use_bias=False)")
+    assert (volume.layers[0].output_shape, volume.layers[0].params) == ((4, 5, 6, 2), 14)
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,29 @@ def test_hpo_parameters_are_named_for_later_search() -> None:
     assert network.hpo_params()[0].space == Choice((64, 128))
 
 
+def test_hparams_errors_name_the_space_and_no_command_line_flag() -> None:
+    from neural_dsl.hparams import resolve
+
+    network = parse(
+        net(
+            'Flatten()\n    Dense(HPO(choice(16, 32)), activation=HPO(choice("relu", "tanh")))',
+            extra="optimizer: Adam(learning_rate=HPO(range(0.001, 0.1)))",
+        )
+    ).network
+    _, missing = resolve(network, {"layers.dense_1.units": 16, "optimizer.learning_rate": 0.01})
+    (d,) = missing.items
+    assert d.message == (
+        "no value for hyperparameter 'layers.dense_1.activation': give one in hparams under "
+        'this name, from its search space choice("relu", "tanh")'
+    )
+    values = {"layers.dense_1.units": 16, "layers.dense_1.activation": "relu"}
+    _, outside = resolve(network, values | {"optimizer.learning_rate": 0.5})
+    (d,) = outside.items
+    assert d.message == (
+        "value 0.5 for 'optimizer.learning_rate' is outside its search space range(0.001, 0.1)"
+    )
+
+
 def test_network_structure_rules() -> None:
     missing = "network M {\n  layers: Dense(2)\n}"
     assert first_error(missing).first.message == "Network must have an input section"

@@ -31,16 +31,22 @@ class Stack:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, name: str, args: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    def start(self, name: str, args: list[str], own_group: bool = False) -> None:
+        """Start a process; with `own_group`, in a process group of its own (see kill_group)."""
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(
-            args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_group,
         )
 
     def start_server(self, module: str = "services.compiler") -> None:
         self.start("server", [sys.executable, "-m", module])
 
-    def start_worker(self) -> None:
+    def start_worker(self, own_group: bool = False) -> None:
         self.start(
             "worker",
             [
@@ -51,7 +57,15 @@ class Stack:
                 "--threads",
                 "2",
             ],
+            own_group,
         )
+
+    def kill_group(self, name: str) -> None:
+        """SIGKILL a process started with `own_group` and everything in its group (the dramatiq
+        CLI forks its worker processes), as an out-of-memory kill or a lost machine would."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def create_key(self, name: str, role: str) -> str:
         out = subprocess.run(

@@ -282,6 +282,11 @@ def test_search_compare_and_plot(stack: Stack) -> None:
         metadata=md(stack, "viewer") if False else md(stack),
     )
     assert png.png.startswith(b"\x89PNG") and png.content_type == "image/png"
+    by_time = t.PlotMetrics(  # seconds since each run started
+        tracker_pb2.PlotMetricsRequest(run_ids=ids, keys=["accuracy"], x_axis="time"),
+        metadata=md(stack),
+    )
+    assert by_time.png.startswith(b"\x89PNG") and by_time.png != png.png
     exp2 = t.CreateExperiment(
         tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name="search-2")),
         metadata=md(stack),
@@ -299,13 +304,16 @@ def test_artifacts_integrity_and_paths(stack: Stack) -> None:
     digest = hashlib.sha256(data).hexdigest()
 
     def upload(path: str, payload: bytes, sha: str) -> Iterator[tracker_pb2.ArtifactChunk]:
+        head = payload[:100_000]
         yield tracker_pb2.ArtifactChunk(
             run_id=run_id,
             path=path,
-            chunk=common_pb2.Chunk(data=payload[:100_000], total_size=len(payload)),
+            chunk=common_pb2.Chunk(data=head, offset=0, total_size=len(payload)),
         )
-        yield tracker_pb2.ArtifactChunk(chunk=common_pb2.Chunk(data=payload[100_000:]))
-        yield tracker_pb2.ArtifactChunk(chunk=common_pb2.Chunk(sha256=sha))
+        yield tracker_pb2.ArtifactChunk(
+            chunk=common_pb2.Chunk(data=payload[100_000:], offset=len(head))
+        )
+        yield tracker_pb2.ArtifactChunk(chunk=common_pb2.Chunk(offset=len(payload), sha256=sha))
 
     art = t.UploadArtifact(upload("model/weights.bin", data, digest), metadata=md(stack))
     assert art.sha256 == digest and art.size_bytes == len(data)

@@ -51,6 +51,8 @@ def test_empty_filter_matches_everything() -> None:
         ("params.y = 3", 12, "quote the value"),
         ("start_time > 'yesterday'", 14, "milliseconds since the epoch"),
         ("metrics.x > 1e999", 13, "out of range"),
+        ("start_time > 1e20", 14, "years 1 to 9999"),
+        ("end_time < -62135596800001", 12, "years 1 to 9999"),
     ],
 )
 def test_mistakes_are_reported_at_their_column(text: str, column: int, message: str) -> None:
@@ -76,3 +78,14 @@ def test_order_by() -> None:
         parse_order_by(["metrics.x sideways"])
     with pytest.raises(FilterError):
         parse_order_by(["colour"])
+
+
+def test_order_by_names_a_key_after_the_entity() -> None:
+    for item in ("metrics.", "params. DESC", "tags."):
+        with pytest.raises(FilterError, match="name a key after"):
+            parse_order_by([item])
+
+
+def test_time_bounds_of_a_filter_are_moments_a_run_can_hold() -> None:
+    node = parse_filter("start_time >= -62135596800000 and end_time <= 253402300799999")
+    assert isinstance(node, And) and node.items[0].key == "start_time"

@@ -62,6 +62,24 @@ def test_builtin_digits_is_shuffled_so_a_split_from_the_end_is_learnable() -> No
     assert model.score(a.x[cut:], a.y[cut:]) > 0.9
 
 
+def test_split_order_validates_on_every_class_of_a_class_sorted_dataset() -> None:
+    ids = np.repeat(np.arange(5), 40)  # sorted by class, as a CSV exported per class is
+    order = ds.split_order(ids, 50, seed=7)
+    assert sorted(order.tolist()) == list(range(200))  # a permutation: no row lost or repeated
+    val = ids[order[-50:]]
+    assert np.bincount(val, minlength=5).tolist() == [10] * 5  # stratified: each class's share
+    np.testing.assert_array_equal(order, ds.split_order(ids, 50, seed=7))  # same seed, same split
+    assert not np.array_equal(order, ds.split_order(ids, 50, seed=8))
+
+
+def test_split_order_shuffles_when_a_class_is_too_small_to_stratify() -> None:
+    ids = np.array([0] * 30 + [1] * 30 + [2])  # class 2 has one sample: cannot be on both sides
+    order = ds.split_order(ids, 12, seed=1)
+    assert sorted(order.tolist()) == list(range(61))
+    assert set(ids[order[-12:]].tolist()) >= {0, 1}
+    assert ds.split_order(ids, 0, seed=1).tolist() == list(range(61))  # nothing to validate
+
+
 def test_unknown_builtin_names_the_choices() -> None:
     with pytest.raises(DatasetError, match="digits, iris, wine, breast_cancer"):
         ds.builtin("mnist")

@@ -182,8 +182,10 @@ def test_digits_job_streams_progress_reaches_accuracy_and_lands_in_the_tracker(
     )
     types = [e.type for e in events]
     assert types[0] in ("queued", "started") and types[-1] == "completed", types
-    epochs = sorted({e.epoch for e in events if e.type == "progress" and e.metrics})
-    assert epochs, "no per-epoch progress was streamed"
+    # one progress event per finished epoch (those after the watch began), each with a message
+    epochs = [e.epoch for e in events if e.type == "progress"]
+    assert epochs and epochs == list(range(epochs[0], 9)), epochs
+    assert all(e.message and e.metrics for e in events if e.type == "progress")
     last = events[-1].job
     assert last.state == common_pb2.JOB_STATE_SUCCEEDED
     assert last.details["metrics"]["val_accuracy"] > 0.9
@@ -194,6 +196,10 @@ def test_digits_job_streams_progress_reaches_accuracy_and_lands_in_the_tracker(
     run = tracker(stack).GetRun(tracker_pb2.GetRunRequest(id=run_id), metadata=auth(stack))
     assert run.status == tracker_pb2.RUN_STATUS_FINISHED and run.job_id == job.id
     assert run.params["backend"] == "pytorch" and run.params["epochs"] == "8"
+    # what reproducing the run, or feeding its model, needs
+    assert run.params["network"] == "Digits" and run.params["optimizer"] == "Adam"
+    assert run.params["seed"] == "0" and run.params["split"] == "stratified shuffle"
+    assert run.params["dataset.preprocessing"].startswith("pixel intensities divided by 16")
     files = tracker(stack).ListArtifacts(
         tracker_pb2.ListArtifactsRequest(run_id=run_id), metadata=auth(stack)
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from neural_dsl import parse
+from neural_dsl import parse, propagate_shapes
 
 from services.trainer import datasets, training
 from services.trainer.datasets import Arrays, DatasetError
@@ -43,6 +43,7 @@ network Digits {{
 
 
 NETWORK = parse(program()).network
+NETWORK_PARAMS = propagate_shapes(NETWORK).total_params  # 64*32+32 + 32*10+10
 METRICS = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
 
@@ -108,6 +109,14 @@ def test_pytorch_learns_digits_above_90_percent_validation_accuracy(
     assert torch_run.resumed_from == 0
     assert torch_run.device == "cpu"
     assert torch_run.weights_path.name == "model.pt"
+
+
+def test_a_class_sorted_dataset_validates_on_every_class(digits: Arrays, tmp_path: Path) -> None:
+    order = np.argsort(digits.y, kind="stable")  # as an uploaded CSV sorted by label would be
+    by_class = Arrays(digits.x[order], digits.y[order], digits.num_classes)
+    outcome = train(NETWORK, {}, by_class, spec(epochs=2), tmp_path, Recorder())
+    # unshuffled, the last 20% hold only 8s and 9s, never trained on: val_accuracy was 0.0
+    assert outcome.history[-1].metrics["val_accuracy"] > 0.8
 
 
 def test_onnx_export_predicts_what_the_trained_torch_model_predicts(
@@ -211,8 +220,13 @@ def test_a_failed_onnx_export_keeps_the_weights_and_says_why(
 
     monkeypatch.setattr(neural_dsl.backends, "export_onnx", broken)
     out = train(NETWORK, {}, small, spec(epochs=1), tmp_path, Recorder())
-    assert out.onnx_path is None and out.weights_path.is_file()
+    assert out.onnx_path is None
     assert any("no exporter today" in note for note in out.notes)
+    import torch  # the weights are still written, and load as a state dict of the network's
+
+    state = torch.load(out.weights_path, weights_only=True)
+    params = sum(v.numel() for v in state.values())
+    assert params == NETWORK_PARAMS
 
 
 @pytest.mark.parametrize(
@@ -250,7 +264,15 @@ def test_tensorflow_trains_and_reports_the_pytorch_metric_names(
     assert out.resumed_from == 2  # nothing left to run: the final files are written again
     assert [sorted(r.metrics) for r in out.history] == [METRICS, METRICS]
     assert out.history[-1].metrics["loss"] < out.history[0].metrics["loss"]
-    assert out.weights_path.name == "model.weights.h5" and out.weights_path.is_file()
+    assert out.weights_path.name == "model.weights.h5"
+    import h5py  # Keras' weights file holds every weight of the network (and the optimizer's)
+
+    with h5py.File(out.weights_path) as f:
+        sizes: list[int] = []
+        f["layers"].visititems(
+            lambda _, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset) else None
+        )
+    assert sum(sizes) == NETWORK_PARAMS
     assert out.onnx_path is None
     assert out.device.endswith("CPU:0")
 

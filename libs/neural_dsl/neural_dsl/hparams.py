@@ -35,6 +35,28 @@ def in_space(value: Any, space: Choice | Range | LogRange) -> bool:
     return math.isclose(steps, round(steps), abs_tol=1e-9)
 
 
+def space_text(space: Choice | Range | LogRange) -> str:
+    """A search space as the DSL writes it: `choice(16, 32)`, `range(0.1, 0.5, step=0.1)`."""
+    if isinstance(space, Choice):
+        return f"choice({', '.join(_value_text(v) for v in space.values)})"
+    if isinstance(space, LogRange):
+        return f"log_range({space.low!r}, {space.high!r})"
+    step = "" if space.step is None else f", step={space.step!r}"
+    return f"range({space.start!r}, {space.end!r}{step})"
+
+
+def _value_text(v: Value) -> str:
+    if isinstance(v, HPO):
+        return space_text(v.space)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, tuple):
+        return f"({', '.join(_value_text(x) for x in v)}{',' if len(v) == 1 else ''})"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
 def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         a = tuple(a)
@@ -73,7 +95,12 @@ def resolve(network: Network, values: Mapping[str, Any]) -> tuple[Network, Colle
             out.error(f"unknown hyperparameter '{name}' (this network has: {known})", network.loc)
     missing = [h for n, h in wanted.items() if n not in values]
     for h in missing:
-        out.error(f"no value for hyperparameter '{h.name}': pass it with --hparams", h.loc)
+        # callers differ (a CLI flag, a request field): the message names neither
+        out.error(
+            f"no value for hyperparameter '{h.name}': give one in hparams under this name, "
+            f"from its search space {space_text(h.space)}",
+            h.loc,
+        )
 
     def fix(v: Value) -> Value:
         if isinstance(v, HPO):
@@ -81,7 +108,11 @@ def resolve(network: Network, values: Mapping[str, Any]) -> tuple[Network, Colle
                 return v
             chosen = values[v.name]
             if not in_space(chosen, v.space):
-                out.error(f"value {chosen!r} for '{v.name}' is outside its search space", v.loc)
+                out.error(
+                    f"value {chosen!r} for '{v.name}' is outside its search space "
+                    f"{space_text(v.space)}",
+                    v.loc,
+                )
                 return v
             if isinstance(chosen, list):
                 chosen = tuple(chosen)

@@ -10,8 +10,8 @@ Conventions (the DSL's, stated once):
 - Parameter counts are trainable parameters, as Keras counts them (BatchNormalization:
   2 per channel; its moving statistics are not trainable). Recurrent layers follow
   Keras (one bias per gate; GRU with reset_after=True).
-- Dense and Output act on the last axis of a (features) or (steps, features) input; on
-  anything with more axes (an image) they are an error: add Flatten() first.
+- Dense and Output act on the last axis of an input of any rank, as Keras' Dense and torch's
+  Linear do: on an (h, w, c) image, Dense(n) maps each pixel's c channels to n.
 """
 
 from __future__ import annotations
@@ -232,12 +232,6 @@ class _Propagator:
                 raise ShapeError(f"{t} expects {what} input, got {fmt(shape)}", layer.loc)
 
         if t in ("Dense", "Output"):
-            if rank > 2:
-                raise ShapeError(
-                    f"{t} expects (features) or (steps, features) input, got {fmt(shape)}; "
-                    "add Flatten() before it",
-                    layer.loc,
-                )
             units = _num(layer, "units")
             bias = units if layer.get("use_bias", True) else 0
             return (*shape[:-1], units), _add(_mul(shape[-1], units), bias), []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
-from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, select, update
+from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, false, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import db
@@ -37,7 +37,7 @@ api_keys = Table(
     Column("owner", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
-    Column("revoked", Boolean, nullable=False, default=False),
+    Column("revoked", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 MIGRATIONS = Path(__file__).parent / "auth_migrations"

@@ -10,6 +10,17 @@ from typing import Any
 
 import grpc
 
+SHOWN_CHARS = 64  # of a caller's id or name echoed in an error message
+
+
+def shown(value: str, limit: int = SHOWN_CHARS) -> str:
+    """A caller's id, name or key quoted for an error message, cut to `limit` characters: a
+    10,000-character id must not make a 10,000-character status (gRPC carries the message in
+    a trailer, which has a size limit of its own)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 @dataclass
 class ServiceError(Exception):

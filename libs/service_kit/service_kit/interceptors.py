@@ -1,9 +1,12 @@
-"""One server interceptor for every call: request id, authentication, metrics, logs, errors.
+"""One server interceptor for every call: request id, authentication, request checks,
+metrics, logs, errors.
 
-Handlers raise `service_kit.errors` exceptions; here they become gRPC statuses (with a
-google.rpc.BadRequest detail for invalid arguments). A database or Redis that cannot be
-reached is UNAVAILABLE; anything else unexpected is INTERNAL, logged, and never explained
-to the caller beyond its request id.
+Every request message (each one of a stream) passes `request_checks` before its handler
+reads it: no NUL in any string, no enum number its proto does not define. Handlers raise
+`service_kit.errors` exceptions; here they become gRPC statuses (with a
+google.rpc.BadRequest detail for invalid arguments), their messages cut to MAX_MESSAGE
+characters. A database or Redis that cannot be reached is UNAVAILABLE; anything else
+unexpected is INTERNAL, logged, and never explained to the caller beyond its request id.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import Any
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from . import errors
+from . import errors, request_checks
 from .auth import AuthStore, Principal
 from .logs import request_id
 
@@ -36,6 +39,11 @@ ERRORS = Counter(
     "neural_grpc_errors_total",
     "RPCs that ended with a status other than OK",
     ["service", "method", "code"],
+)
+IN_FLIGHT = Gauge(
+    "neural_grpc_in_flight",
+    "RPCs being handled now (a stream counts until it ends), by method",
+    ["service", "method"],
 )
 LATENCY = Histogram(
     "neural_grpc_request_seconds",
@@ -57,6 +65,11 @@ ALWAYS_PUBLIC = frozenset(
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     }
 )
+
+
+# The request headers that carry a caller's credentials; a service calling another as the
+# caller forwards exactly these.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
 def principal() -> Principal:
@@ -83,6 +96,15 @@ def _unavailable(exc: BaseException) -> bool:
     )
 
 
+# What the drivers say when one statement would bind more values than the database allows:
+# a request too large (handlers cap what they can; this catches the rest), not an outage.
+_BIND_LIMIT_MESSAGES = ("number of query arguments cannot exceed", "too many SQL variables")
+
+
+def _too_many_binds(exc: BaseException) -> bool:
+    return any(m in str(e) for e in _chain(exc) for m in _BIND_LIMIT_MESSAGES)
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen = []
     while exc is not None and len(seen) < 10:
@@ -91,15 +113,25 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+# A status travels in trailers, whose size gRPC limits (8 KiB by default): a message that
+# echoes a huge input must not turn a caller's mistake into a broken response.
+MAX_MESSAGE = 1000
+MAX_VIOLATIONS = 20
+
+
+def _cut(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _status(exc: errors.ServiceError) -> grpc.Status:
-    detail = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    detail = status_pb2.Status(code=exc.code.value[0], message=_cut(exc.message))
     if isinstance(exc, errors.InvalidArgument) and exc.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=_cut(v.field, 200), description=_cut(v.description, 300)
                 )
-                for v in exc.violations
+                for v in exc.violations[:MAX_VIOLATIONS]
             ]
         )
         detail.details.add().Pack(bad)
@@ -139,7 +171,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, meta),
+                self._unary(handler.stream_unary, method, meta, streamed=True),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
@@ -150,7 +182,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method, meta),
+            self._stream(handler.stream_stream, method, meta, streamed=True),
             handler.request_deserializer,
             handler.response_serializer,
         )
@@ -188,6 +220,14 @@ class Interceptor(grpc.aio.ServerInterceptor):
     def _to_status(self, exc: BaseException, method: str) -> grpc.Status:
         if isinstance(exc, errors.ServiceError):
             status = _status(exc)
+        elif _too_many_binds(exc):
+            log.warning("too many values for one statement in %s: %r", method, exc)
+            status = _status(
+                errors.ResourceExhausted(
+                    "the request names more values than one database statement can take "
+                    "(at most 32767 on PostgreSQL): send fewer at a time"
+                )
+            )
         elif _unavailable(exc):
             log.warning("dependency unavailable in %s: %r", method, exc)
             status = _status(errors.Unavailable("a backing service is unavailable; retry later"))
@@ -212,13 +252,21 @@ class Interceptor(grpc.aio.ServerInterceptor):
             )
 
     def _unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str, meta: dict[str, Any]
+        self,
+        behavior: Callable[..., Awaitable[Any]],
+        method: str,
+        meta: dict[str, Any],
+        streamed: bool = False,
     ) -> Callable[..., Awaitable[Any]]:
+        in_flight = IN_FLIGHT.labels(self.service, method.rsplit("/", 1)[-1])
+
         async def call(request: Any, context: Any) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            in_flight.inc()
             try:
                 await self._enter(method, meta, context)
+                request, _held = _checked(request, streamed)  # held until the handler is done
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 code = _code(context, grpc.StatusCode.CANCELLED)
@@ -228,18 +276,27 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                in_flight.dec()
                 self._done(method, code, started)
 
         return call
 
     def _stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str, meta: dict[str, Any]
+        self,
+        behavior: Callable[..., AsyncIterator[Any]],
+        method: str,
+        meta: dict[str, Any],
+        streamed: bool = False,
     ) -> Callable[..., AsyncIterator[Any]]:
+        in_flight = IN_FLIGHT.labels(self.service, method.rsplit("/", 1)[-1])
+
         async def call(request: Any, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            in_flight.inc()
             try:
                 await self._enter(method, meta, context)
+                request, _held = _checked(request, streamed)  # held until the handler is done
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -250,9 +307,26 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                in_flight.dec()
                 self._done(method, code, started)
 
         return call
+
+
+def _checked(request: Any, streamed: bool) -> tuple[Any, list[Any]]:
+    """The request, checked now, or a stream whose messages are each checked as the handler
+    reads them; and what the check built, for the caller to hold while the handler runs."""
+    if not streamed:
+        return request, request_checks.check(request)
+
+    async def each() -> AsyncIterator[Any]:
+        n = 0
+        async for message in request:
+            n += 1
+            _held = request_checks.check(message, f" (message {n} of the stream)")
+            yield message
+
+    return each(), []
 
 
 def _code(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
@@ -268,4 +342,4 @@ def _code(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
     return default
 
 
-__all__ = ["Interceptor", "code_pb2", "current_principal", "principal"]
+__all__ = ["CREDENTIAL_HEADERS", "Interceptor", "code_pb2", "current_principal", "principal"]

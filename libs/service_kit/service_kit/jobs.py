@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from sqlalchemy import (
@@ -27,16 +28,16 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    false,
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import db, pagination
-from .errors import FailedPrecondition, NotFound, Unavailable
-
-if TYPE_CHECKING:
-    from .webhooks import Delivery, WebhookSender
+from . import db, owners, pagination
+from .errors import FailedPrecondition, NotFound, Unavailable, shown
+from .fanout import Fanout
+from .tasks import Sendable
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -58,12 +59,12 @@ def job_table(metadata: MetaData, prefix: str) -> Table:
         Column("state", String(16), nullable=False, index=True),
         Column("owner", String(200), nullable=False, index=True),
         Column("request", Text, nullable=False),
-        Column("result", String(200), nullable=False, default=""),
-        Column("error", Text, nullable=False, default=""),
-        Column("progress", Float, nullable=False, default=0.0),
-        Column("details", Text, nullable=False, default="{}"),
-        Column("attempts", Integer, nullable=False, default=0),
-        Column("cancel_requested", Boolean, nullable=False, default=False),
+        Column("result", String(200), nullable=False, default="", server_default=""),
+        Column("error", Text, nullable=False, default="", server_default=""),
+        Column("progress", Float, nullable=False, default=0.0, server_default="0"),
+        Column("details", Text, nullable=False, default="{}", server_default="{}"),
+        Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+        Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
         Column("created_at", DateTime(timezone=True), nullable=False, index=True),
         Column("started_at", DateTime(timezone=True)),
         Column("ended_at", DateTime(timezone=True)),
@@ -117,13 +118,79 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class JobEvents(Protocol):
+    """Who else hears of a job's events (its webhooks: `webhooks.WebhookSender`)."""
+
+    async def job_event(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        rec: JobRecord,
+        event: str,
+        message: str = "",
+    ) -> None: ...
+
+    async def deliveries(
+        self, sessions: async_sessionmaker[AsyncSession], job_ids: Iterable[str], per_job: int = 50
+    ) -> Mapping[str, Sequence[Any]]: ...
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _snapshot(rec: JobRecord) -> dict[str, Any]:
+    """What an event carries of its job as it was then (a watcher reading the row later may
+    find it already past that event: a later epoch, or ended)."""
+    return {
+        "state": rec.state,
+        "progress": rec.progress,
+        "details": rec.details,
+        "result": rec.result,
+        "error": rec.error,
+        "attempts": rec.attempts,
+        "started_at": _iso(rec.started_at),
+        "ended_at": _iso(rec.ended_at),
+    }
+
+
+def _as_of(rec: JobRecord, snapshot: Mapping[str, Any]) -> JobRecord:
+    def when(value: Any) -> dt.datetime | None:
+        return _utc(dt.datetime.fromisoformat(value)) if isinstance(value, str) else None
+
+    try:
+        return replace(
+            rec,
+            state=str(snapshot["state"]),
+            progress=float(snapshot["progress"]),
+            details=dict(snapshot["details"]),
+            result=str(snapshot["result"]),
+            error=str(snapshot["error"]),
+            attempts=int(snapshot["attempts"]),
+            started_at=when(snapshot["started_at"]),
+            ended_at=when(snapshot["ended_at"]),
+        )
+    except (KeyError, TypeError, ValueError):  # published by an older version: the row it is
+        return rec
+
+
+def default_message(rec: JobRecord, event: str) -> str:
+    """A message for an event that came without one (found by reading the row)."""
+    if event == "completed":
+        return rec.result or "succeeded"
+    if event == "failed":
+        return rec.error or "failed"
+    if event == "started" and rec.attempts > 1:
+        return f"resumed (attempt {rec.attempts})"
+    return event
+
+
 class JobStore:
     def __init__(
         self,
         engine: AsyncEngine,
         table: Table,
         redis_url: str,
-        webhooks: WebhookSender | None = None,
+        webhooks: JobEvents | None = None,
     ) -> None:
         self.engine = engine
         self.table = table
@@ -132,6 +199,14 @@ class JobStore:
         # with a sender, every event is also queued for the job's webhooks (see webhooks.py)
         self.webhooks = webhooks
         self._redis: aioredis.Redis | None = None
+        self._fanout: Fanout | None = None
+
+    @property
+    def fanout(self) -> Fanout:
+        """The process's one subscription, shared by every watch of this store."""
+        if self._fanout is None:
+            self._fanout = Fanout(self.redis)
+        return self._fanout
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -167,27 +242,22 @@ class JobStore:
             )
         return rec
 
-    async def enqueue(self, rec: JobRecord, actor: Any) -> None:
+    async def enqueue(self, rec: JobRecord, actor: Sendable) -> None:
         """Put the job's message on its Dramatiq queue. When Redis will not take it, the job
         fails at once (nothing would ever run it) and the caller gets UNAVAILABLE."""
         try:
             await asyncio.to_thread(actor.send, rec.id)
         except Exception as exc:
-            await self.update(
-                rec.id,
-                "failed",
-                "could not be queued",
-                state=FAILED,
-                ended_at=now(),
-                error="the job queue is unavailable",
+            await self.finish(
+                rec.id, FAILED, "could not be queued", error="the job queue is unavailable"
             )
             raise Unavailable("the job queue (Redis) is unavailable") from exc
 
     async def get(self, job_id: str, owner: str | None = None) -> JobRecord:
         async with self.sessions() as s:
             row = (await s.execute(select(self.table).where(self.table.c.id == job_id))).first()
-        if row is None or (owner is not None and row.owner != owner):
-            raise NotFound(f"no job {job_id!r}")
+        if row is None or not owners.visible(row.owner, owner):
+            raise NotFound(f"no job {shown(job_id)}")
         return _record(row)
 
     async def list(
@@ -199,24 +269,56 @@ class JobStore:
         kind: str | None = None,
     ) -> tuple[list[JobRecord], str]:
         t = self.table
-        query = select(t)
-        if owner is not None:
-            query = query.where(t.c.owner == owner)
+        query = owners.restrict(select(t), t.c.owner, owner)
         if kind:
             query = query.where(t.c.kind == kind)
         if state:
             query = query.where(t.c.state == state)
-        rows, next_token = await pagination.newest_first(self.sessions, t, query, token, size)
+        # Training and search jobs share a table, not a listing.
+        listing = f"{t.name}:{kind}" if kind else t.name
+        rows, next_token = await pagination.newest_first(
+            self.sessions, t, query, token, size, listing
+        )
         return [_record(r) for r in rows], next_token
 
     async def update(
         self, job_id: str, event: str = "progress", message: str = "", **values: Any
     ) -> JobRecord:
+        """Write `values` and tell watchers and webhooks of `event`."""
+        await self.save(job_id, **values)
+        rec = await self.get(job_id)
+        await self.publish(rec, event, message)
+        await self._notify(rec, event, message)
+        return rec
+
+    async def save(self, job_id: str, **values: Any) -> None:
+        """Write `values` without an event (progress within an epoch: readers poll the job)."""
         if "details" in values:
             values["details"] = json.dumps(values["details"])
         async with db.transaction(self.sessions) as s:
             await s.execute(update(self.table).where(self.table.c.id == job_id).values(**values))
+
+    async def finish(
+        self, job_id: str, state: str, message: str = "", **values: Any
+    ) -> JobRecord | None:
+        """Move a job that has not ended to the final `state`, with its event; None (and no
+        event) when it had already ended. The check and the write are one statement, so of
+        two racing ends (a worker and the retries' give-up, a cancel) exactly one wins."""
+        assert state in TERMINAL, state
+        if "details" in values:
+            values["details"] = json.dumps(values["details"])
+        t = self.table
+        async with db.transaction(self.sessions) as s:
+            done = await s.execute(
+                update(t)
+                .where(and_(t.c.id == job_id, t.c.state.not_in(TERMINAL)))
+                .values(state=state, ended_at=now(), **values)
+            )
+        if done.rowcount != 1:
+            return None
         rec = await self.get(job_id)
+        event = _TERMINAL_EVENT[state]
+        message = message or default_message(rec, event)
         await self.publish(rec, event, message)
         await self._notify(rec, event, message)
         return rec
@@ -248,83 +350,74 @@ class JobStore:
         if self.webhooks is not None:
             await self.webhooks.job_event(self.sessions, rec, event, message)
 
-    async def deliveries(self, job_ids: list[str], per_job: int = 50) -> dict[str, list[Delivery]]:
+    async def deliveries(
+        self, job_ids: list[str], per_job: int = 50
+    ) -> Mapping[str, Sequence[Any]]:
         """Each job's newest webhook delivery attempts, oldest first (none without a sender)."""
         if self.webhooks is None:
             return {}
         return await self.webhooks.deliveries(self.sessions, job_ids, per_job)
 
     async def publish(self, rec: JobRecord, event: str, message: str = "") -> None:
-        payload = {"id": rec.id, "event": event, "message": message, "state": rec.state}
+        payload = {"id": rec.id, "event": event, "message": message, "job": _snapshot(rec)}
         # Watchers also poll the row, so a lost notification only delays them.
         with contextlib.suppress(aioredis.ConnectionError, aioredis.TimeoutError, OSError):
             await self.redis.publish(self.channel(rec.id), json.dumps(payload))
 
-    async def _subscribe(self, pubsub: Any, job_id: str) -> bool:
-        # twice: after a Redis restart the first try may meet a dead pooled connection
-        for _ in range(2):
-            try:
-                await pubsub.subscribe(self.channel(job_id))
-                return True
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                continue
-        return False
-
     async def watch(
         self, job_id: str, owner: str | None, poll_seconds: float = 1.0
     ) -> AsyncIterator[tuple[str, str, JobRecord]]:
-        """(event, message, job) now and on every change, until the job ends."""
-        pubsub = self.redis.pubsub()
-        subscribed = await self._subscribe(pubsub, job_id)
-        try:
+        """(event, message, job) now and on every event, until the job ends. A published
+        event comes with the job as it was then, so its epoch and metrics are its own; reading
+        the row between notifications (or while Redis is away) finds the start and the end
+        that a lost notification would hide. Every event has a message."""
+        async with self.fanout.watch(self.channel(job_id)) as watcher:
             rec = await self.get(job_id, owner)
-            yield (
-                (
-                    rec.state
-                    if rec.state in TERMINAL
-                    else "queued"
-                    if rec.state == QUEUED
-                    else "started"
-                ),
-                "",
-                rec,
+            first = _TERMINAL_EVENT.get(rec.state) or (
+                "queued" if rec.state == QUEUED else "started"
             )
-            last = (rec.state, rec.progress)
+            yield first, default_message(rec, first), rec
+            started = rec.attempts if rec.state == RUNNING else -1  # the start told of
             while rec.state not in TERMINAL:
-                event, message = "progress", ""
-                if subscribed:
-                    try:
-                        msg = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=poll_seconds
+                raw = await watcher.get(poll_seconds)  # None: a quiet poll_seconds
+                data: dict[str, Any] | None = json.loads(raw) if raw is not None else None
+                if data is not None:
+                    event = str(data.get("event") or "progress")
+                    then = _as_of(rec, data.get("job") or {})
+                    if event == "started" and then.attempts <= started:
+                        pass  # already told, from the row
+                    elif event not in _TERMINAL_EVENT.values():  # the end comes from the row
+                        if event == "started":
+                            started = then.attempts
+                        yield (
+                            event,
+                            str(data.get("message") or "") or default_message(then, event),
+                            then,
                         )
-                    except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                        msg, subscribed = None, False
-                        # Redis restarted: drop the idle pooled connections, all dead now
-                        with contextlib.suppress(Exception):
-                            await self.redis.connection_pool.disconnect(inuse_connections=False)
-                    if msg:
-                        data = json.loads(msg["data"])
-                        event, message = data.get("event", "progress"), data.get("message", "")
-                else:  # poll, and try to get the notifications back (Redis restarted)
-                    await asyncio.sleep(poll_seconds)
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-                    pubsub = self.redis.pubsub()
-                    subscribed = await self._subscribe(pubsub, job_id)
                 rec = await self.get(job_id)
                 if rec.state in TERMINAL:
-                    if message and event not in _TERMINAL_EVENT.values():
-                        yield event, message, rec  # it happened just before the end
-                        message = ""
                     # the row is the truth: a notification may describe an earlier state
-                    event = _TERMINAL_EVENT[rec.state]
-                elif rec.state == RUNNING and last[0] == QUEUED:
-                    event = "started"
-                # every published event counts (a trial ends at the same progress its last
-                # epoch reported); without one, only a change does
-                if (rec.state, rec.progress) != last or event != "progress" or message:
-                    last = (rec.state, rec.progress)
-                    yield event, message, rec
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                    last = _TERMINAL_EVENT[rec.state]
+                    message = ""
+                    if data is not None and data.get("event") == last:
+                        message = str(data.get("message") or "")
+                    # the end is written just before it is published: its message (and any
+                    # event published before it) may be on the way still
+                    deadline = time.monotonic() + min(poll_seconds, 1.0)
+                    while not message and (wait := deadline - time.monotonic()) > 0:
+                        raw = await watcher.get(wait)
+                        if raw is None:
+                            break
+                        late = json.loads(raw)
+                        event = str(late.get("event") or "progress")
+                        if event == last:
+                            message = str(late.get("message") or "")
+                            break
+                        if event not in _TERMINAL_EVENT.values() and event != "started":
+                            then = _as_of(rec, late.get("job") or {})
+                            text = str(late.get("message") or "") or default_message(then, event)
+                            yield event, text, then
+                    yield last, message or default_message(rec, last), rec
+                elif rec.state == RUNNING and rec.attempts > started:
+                    started = rec.attempts
+                    yield "started", default_message(rec, "started"), rec

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from . import logs
+from . import logs, pagination
 from .auth import AuthStore
 from .interceptors import Interceptor
 from .settings import Settings, load
@@ -136,6 +136,8 @@ def main(name: str, build: Callable[[Settings], Awaitable[Any]]) -> None:
     async def run() -> None:
         settings = load(name)
         logs.setup(name, settings.log_level)
+        # Page tokens signed under the service's secret stay valid across its restarts.
+        pagination.configure(settings.jwt_secret)
         app = await build(settings)
         # What is loaded by now (modules, metadata, stubs) lives as long as the process: out
         # of the collector's full passes, which otherwise walk all of it, for tens of

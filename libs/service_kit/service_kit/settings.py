@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neural_dsl import Limits
 
 DEFAULT_PORTS = {
     "compiler": 50051,
@@ -56,11 +60,30 @@ class Settings:
     # Training jobs: at most this long each; how many a worker process runs at once.
     training_time_limit_s: int = 6 * 3600
     worker_threads: int = 1
+    # What one request may ask of a service (see neural_dsl.Limits, built by `limits()`).
+    max_parameters: int = 100_000_000
+    max_onnx_bytes: int = 512 << 20
+    training_memory_bytes: int = 4 << 30  # a training worker's budget for one job
+    max_dataset_values: int = 100_000_000  # samples x features of a synthetic dataset
+    onnx_export_queue: int = 8  # ONNX compiles one compiler server holds (waiting, exporting)
+    max_watches_per_principal: int = 20  # concurrent Watch* streams of one caller
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def limits(self) -> Limits:
+        """The DSL's `Limits` with this service's settings: what a caller's program may ask."""
+        from neural_dsl import Limits  # the kit itself does not need the DSL
+
+        return Limits(
+            max_source_bytes=self.max_source_bytes,
+            max_parameters=self.max_parameters,
+            max_onnx_bytes=self.max_onnx_bytes,
+            max_training_bytes=self.training_memory_bytes,
+            max_dataset_values=self.max_dataset_values,
+        )
 
 
 def load(service: str) -> Settings:
@@ -106,6 +129,12 @@ def load(service: str) -> Settings:
         broker_maintenance_chance=_int("NEURAL_BROKER_MAINTENANCE_CHANCE", 10_000, 1, 1_000_000),
         training_time_limit_s=_int("NEURAL_TRAINING_TIME_LIMIT_S", 6 * 3600, 1, 7 * 86400),
         worker_threads=_int("NEURAL_WORKER_THREADS", 1, 1, 64),
+        max_parameters=_int("NEURAL_MAX_PARAMETERS", 100_000_000, 1, 10**12),
+        max_onnx_bytes=_int("NEURAL_MAX_ONNX_BYTES", 512 << 20, 1024, 2**31 - 1),
+        training_memory_bytes=_int("NEURAL_TRAINING_MEMORY_BYTES", 4 << 30, 1 << 20, 1 << 44),
+        max_dataset_values=_int("NEURAL_MAX_DATASET_VALUES", 100_000_000, 1, 10**12),
+        onnx_export_queue=_int("NEURAL_ONNX_EXPORT_QUEUE", 8, 1, 10_000),
+        max_watches_per_principal=_int("NEURAL_MAX_WATCHES_PER_PRINCIPAL", 20, 1, 100_000),
     )
 
 

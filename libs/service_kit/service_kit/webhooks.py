@@ -43,7 +43,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +62,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
     select,
 )
@@ -71,6 +72,7 @@ from . import db
 from .errors import FieldViolation, InvalidArgument
 from .jobs import JobRecord
 from .settings import _int as env_int
+from .tasks import Sendable, Task
 
 log = logging.getLogger("neural.webhooks")
 
@@ -105,9 +107,9 @@ def delivery_table(metadata: MetaData, prefix: str) -> Table:
         Column("url", String(MAX_URL_CHARS), nullable=False),
         Column("event", String(16), nullable=False),
         Column("attempt", Integer, nullable=False),
-        Column("status_code", Integer, nullable=False, default=0),
-        Column("delivered", Boolean, nullable=False, default=False),
-        Column("error", Text, nullable=False, default=""),
+        Column("status_code", Integer, nullable=False, default=0, server_default="0"),
+        Column("delivered", Boolean, nullable=False, default=False, server_default=false()),
+        Column("error", Text, nullable=False, default="", server_default=""),
         Column("created_at", DateTime(timezone=True), nullable=False),
         Index(f"ix_{name}_job", "job_id", "id"),
     )
@@ -313,7 +315,7 @@ class Queued:
 
 
 async def enqueue(
-    actor: dramatiq.Actor,
+    actor: Sendable,
     job_id: str,
     hooks: Sequence[Mapping[str, Any]],
     event: str,
@@ -350,10 +352,16 @@ async def enqueue(
     ]
 
 
-class WebhookSender:
-    """What a JobStore calls on every job event: queues it for the job's subscribed hooks."""
+def delivery_task(prefix: str) -> Task:
+    """The `{prefix}_deliver_webhook` messages, as a server sends them without the actor."""
+    return Task(f"{prefix}.webhooks", f"{prefix}_deliver_webhook")
 
-    def __init__(self, actor: dramatiq.Actor, table: Table, progress_interval: float = 1.0) -> None:
+
+class WebhookSender:
+    """What a JobStore calls on every job event (its `JobEvents`): queues the event for the
+    job's subscribed hooks, through the delivery actor or its `delivery_task`."""
+
+    def __init__(self, actor: Sendable, table: Table, progress_interval: float = 1.0) -> None:
         self.actor = actor
         self.table = table
         self.progress_interval = progress_interval
@@ -569,18 +577,21 @@ async def deliver(
 
 def declare_actor(
     prefix: str,
-    database_url: str,
+    database_url: str | Callable[[], str],
     jobs_table: Table,
     table: Table,
     options: DeliveryOptions | None = None,
     broker: dramatiq.Broker | None = None,
 ) -> dramatiq.Actor:
     """The `{prefix}_deliver_webhook` actor on the `{prefix}.webhooks` queue, declared on
-    `broker` (the global one by default): the service's worker process consumes it."""
+    `broker` (the global one by default): the service's worker process consumes it.
+    `database_url` may be a function, called per message, so that declaring the actor needs no
+    settings."""
     opts = options or DeliveryOptions.from_env()
+    task = delivery_task(prefix)
 
     async def run(job_id: str, index: int, event: str, delivery_id: str, payload: Any) -> None:
-        engine = db.make_engine(database_url)
+        engine = db.make_engine(database_url() if callable(database_url) else database_url)
         try:
             result = await deliver(
                 db.sessions(engine),
@@ -607,8 +618,8 @@ def declare_actor(
 
     return dramatiq.actor(
         deliver_webhook,
-        actor_name=f"{prefix}_deliver_webhook",
-        queue_name=f"{prefix}.webhooks",
+        actor_name=task.actor_name,
+        queue_name=task.queue_name,
         broker=broker,
         max_retries=opts.max_retries,
         min_backoff=opts.min_backoff_ms,

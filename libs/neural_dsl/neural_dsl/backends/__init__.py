@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from .common import first_layer, unsupported
 
 BACKENDS = ("pytorch", "tensorflow", "onnx")
 ONNX_OPSET = 18
+# torch's exporter keeps global state (and the export below swaps process-wide warning filters,
+# stdout and a logger's level): two exports at once in one process usually both fail.
+_EXPORT = threading.Lock()
 
 # Layers the PyTorch lowering handles but the ONNX exporter cannot express (none so far:
 # the set is kept so the matrix stays honest if one is found).
@@ -149,7 +153,13 @@ def example_inputs(network: Network, batch: int = 2, seed: int = 0) -> list[Any]
 
 def export_onnx(network: Network, report: ShapeReport, model: Any = None) -> bytes:
     """The PyTorch model of the network (a fresh one, or `model` with its weights), exported
-    to ONNX with a dynamic batch dimension and checked with onnx.checker (full_check)."""
+    to ONNX with a dynamic batch dimension and checked with onnx.checker (full_check).
+    Thread-safe: exports in one process run one at a time."""
+    with _EXPORT:
+        return _export_onnx(network, report, model)
+
+
+def _export_onnx(network: Network, report: ShapeReport, model: Any) -> bytes:
     import onnx
     import torch
 

@@ -1,0 +1,199 @@
+"""The servers the RPC fuzz test calls: tracker, compiler and trainer as real processes on one
+database and a Redis of their own, no workers (queued jobs stay queued), callers with real
+signed tokens, and a few real records whose ids and names the generated requests can use."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+from neural.v1 import (
+    common_pb2,
+    compiler_pb2,
+    compiler_pb2_grpc,
+    tracker_pb2,
+    tracker_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+
+from tests.services.trainer_stack import TrainerStack, make_trainer_stack
+
+SERVERS = ("tracker", "compiler", "trainer")
+ROLES = ("admin", "user", "viewer")
+
+PROGRAM = """
+network Digits {
+  input: (64,)
+  layers:
+    Dense(16, "relu")
+    Output(10, "softmax")
+  loss: sparse_categorical_crossentropy
+  optimizer: Adam(learning_rate=0.005)
+  train { epochs: 2 batch_size: 32 validation_split: 0.2 }
+}
+"""
+SEARCHABLE = """
+network Tuned {
+  input: (64,)
+  layers:
+    Dense(HPO(choice(8, 16)), "relu")
+    Output(10, "softmax")
+  loss: sparse_categorical_crossentropy
+  optimizer: Adam(learning_rate=HPO(log_range(0.001, 0.01)))
+  train { epochs: 1 batch_size: 64 }
+}
+"""
+CSV = b"a,b,label\n" + b"".join(f"{i / 10},{i % 3},{i % 2}\n".encode() for i in range(40))
+
+
+def start(tmp: Path, database_url: str) -> TrainerStack:
+    stack = make_trainer_stack(tmp, database_url)
+    stack.env["NEURAL_DATABASE_URL"] = database_url
+    stack.start_redis()
+    for name in SERVERS:  # one by one: each migrates the shared auth tables at start
+        stack.start_service(name)
+        stack.wait_service(name)
+    return stack
+
+
+def token(stack: TrainerStack, role: str, subject: str | None = None) -> str:
+    """A JWT the services accept, signed with the stack's secret, as the authz service would
+    issue one."""
+    now = int(time.time())
+    claims = {"sub": subject or f"fuzz-{role}", "role": role, "iat": now, "exp": now + 3600}
+    return jwt.encode(claims, stack.env["NEURAL_JWT_SECRET"], algorithm="HS256")
+
+
+def metadata(bearer: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {bearer}"),)
+
+
+def _artifact(run_id: str, path: str, data: bytes) -> Iterator[tracker_pb2.ArtifactChunk]:
+    yield tracker_pb2.ArtifactChunk(
+        run_id=run_id,
+        path=path,
+        chunk=common_pb2.Chunk(data=data, offset=0, name=path, total_size=len(data)),
+    )
+    yield tracker_pb2.ArtifactChunk(
+        chunk=common_pb2.Chunk(offset=len(data), sha256=hashlib.sha256(data).hexdigest())
+    )
+
+
+def _dataset(name: str, data: bytes) -> Iterator[common_pb2.Chunk]:
+    yield common_pb2.Chunk(data=data, offset=0, name=name, total_size=len(data))
+    yield common_pb2.Chunk(offset=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def seed(stack: TrainerStack, bearer: str) -> dict[str, list[Any]]:
+    """Records owned by `bearer`'s subject (an experiment with two runs, their params, tags,
+    metrics, one of values near the largest double, an artifact, a compiled model, a compile
+    job, a dataset, a training and a search job) and the values requests may draw."""
+    md = metadata(bearer)
+    tracker = tracker_pb2_grpc.TrackerServiceStub(
+        grpc.insecure_channel(stack.address_of("tracker"))
+    )
+    compiler = compiler_pb2_grpc.CompilerServiceStub(
+        grpc.insecure_channel(stack.address_of("compiler"))
+    )
+    trainer = trainer_pb2_grpc.TrainerServiceStub(
+        grpc.insecure_channel(stack.address_of("trainer"))
+    )
+    suffix = str(time.monotonic_ns())
+    exp = tracker.CreateExperiment(
+        tracker_pb2.CreateExperimentRequest(
+            experiment=tracker_pb2.Experiment(name="fuzz" + suffix)
+        ),
+        metadata=md,
+    )
+    runs = [
+        tracker.CreateRun(
+            tracker_pb2.CreateRunRequest(experiment_id=exp.id, run=tracker_pb2.Run(name=n)),
+            metadata=md,
+        )
+        for n in ("first", "second")
+    ]
+    for i, run in enumerate(runs):
+        tracker.LogParams(
+            tracker_pb2.LogParamsRequest(run_id=run.id, params={"lr": str(0.1 * (i + 1))}),
+            metadata=md,
+        )
+        tracker.SetTags(tracker_pb2.SetTagsRequest(run_id=run.id, tags={"team": "a"}), metadata=md)
+        points = [
+            tracker_pb2.Metric(key=key, value=value * (step + 1), step=step)
+            for step in range(5)
+            for key, value in (("loss", 0.5), ("accuracy", 0.1), ("huge", 1.7e308 / 5))
+        ]
+        tracker.LogMetrics(
+            tracker_pb2.LogMetricsRequest(run_id=run.id, metrics=points), metadata=md
+        )
+    tracker.UploadArtifact(_artifact(runs[0].id, "model.txt", b"weights"), metadata=md)
+    model = compiler.Compile(
+        compiler_pb2.CompileRequest(source=PROGRAM, backend=compiler_pb2.BACKEND_PYTORCH),
+        metadata=md,
+    ).model
+    compile_job = compiler.SubmitCompile(
+        compiler_pb2.CompileRequest(source=PROGRAM, backend=compiler_pb2.BACKEND_TENSORFLOW),
+        metadata=md,
+    )
+    dataset = trainer.UploadDataset(_dataset("fuzz.csv", CSV), metadata=md)
+    digits = trainer_pb2.DatasetSpec(builtin=trainer_pb2.BUILTIN_DATASET_DIGITS)
+    training = trainer.SubmitTraining(
+        trainer_pb2.SubmitTrainingRequest(model_id=model.id, dataset=digits, experiment=exp.name),
+        metadata=md,
+    )
+    search = trainer.SubmitSearch(
+        trainer_pb2.SubmitSearchRequest(
+            source=SEARCHABLE, dataset=digits, n_trials=2, objective="val_accuracy"
+        ),
+        metadata=md,
+    )
+    ids = [exp.id, *(r.id for r in runs), model.id, compile_job.id, dataset.id]
+    ids += [training.id, search.id]
+    return {
+        "id": ids,
+        "source": [PROGRAM, SEARCHABLE],
+        "network": ["Digits", "Tuned"],
+        "name": [exp.name, "Default", ".upload-x.csv", "data.csv", "first"],
+        "experiment": [exp.name, "Default", "a" * 300],
+        "filter": [
+            "metrics.loss < 1",
+            "metrics.huge > 1e308",
+            "start_time > 1e20",
+            "end_time < -1e20",
+            "params.lr = '0.1' and tags.team LIKE 'a%'",
+            "attributes.status = 'RUNNING' or run_name ILIKE '%FIRST%'",
+        ],
+        "order_by": ["metrics.", "metrics.loss DESC", "params.", "start_time", "params.lr ASC"],
+        "key": ["loss", "accuracy", "huge"],
+        "metric_key": ["loss", "accuracy", "huge"],
+        "path": ["model.txt", "dir/a.txt", ".upload-x", "model.txt/x", "p" * 300],
+        "objective": ["val_accuracy", "loss"],
+        "x_axis": ["step", "time"],
+        "url": ["https://example.com/hook", "http://127.0.0.1:1/x", "ftp://x"],
+        "event": ["completed", "failed", "progress"],
+        "paths": ["name", "status", "end_time", "bogus"],
+        "page_token": ["", "AAAA", "eyJ4IjogMX0=", "o:1", "-1", "9" * 30],
+        "sha256": [hashlib.sha256(b"weights").hexdigest(), "0" * 64, "zz"],
+        # numbers a handler accepts, so requests get past their range checks
+        "width": [100, 400, 4000],
+        "height": [100, 300],
+        "page_size": [0, 1, 2, 1000, -1],
+        "max_points": [0, 2, 3],
+        "n_trials": [1, 2],
+        "num_samples": [1, 64],
+        "num_classes": [2, 10],
+        "epochs": [1, 2],
+        "batch_size": [1, 32],
+        "step": [0, 1, 4],
+        "offset": [0, 7],
+        "total_size": [0, 7],
+        "learning_rate": [0.001, 10.0],
+        "validation_split": [0.0, 0.2, 0.99],
+        "value": [0.5, 1e307, 1.7e308],
+    }
