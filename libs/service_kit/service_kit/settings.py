@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,6 @@ class Settings:
     max_dataset_values: int = 100_000_000  # samples x features of a synthetic dataset
     onnx_export_queue: int = 8  # ONNX compiles one compiler server holds (waiting, exporting)
     max_watches_per_principal: int = 20  # concurrent Watch* streams of one caller
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
