@@ -196,7 +196,7 @@ class JobStore:
         self.table = table
         self.sessions = db.sessions(engine)
         self.redis_url = redis_url
-        # with a sender, every event is also queued for the job's webhooks (see webhooks.py)
+        # with a sender, every event is also queued for the job's webhooks (see webhooks/)
         self.webhooks = webhooks
         self._redis: aioredis.Redis | None = None
         self._fanout: Fanout | None = None
