@@ -21,8 +21,10 @@ from . import compare, wire
 from .artifacts import ArtifactStore, clean_path
 from .events import NEWEST, RunEvents, channel
 from .plots import MAX_PLOTTED, plot_png, seconds_since_start, unplottable
-from .points import Batch
-from .store import Point, TrackerStore, run_counts, runs_of, series
+from .points.batches import Batch
+from .store import TrackerStore
+from .store.common import now
+from .store.metrics import Point
 
 SERVICE = "neural.v1.TrackerService"
 CHUNK = 64 * 1024
@@ -128,30 +130,30 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         self.watches = StreamCap(max_watches_per_principal)
 
     async def _run_message(self, row: Any) -> tracker_pb2.Run:
-        return _run(row, (await self.store.run_details([row.id]))[row.id])
+        return _run(row, (await self.store.runs.details([row.id]))[row.id])
 
     # ------------------------------------------------------------------ experiments
     async def CreateExperiment(self, request: Any, context: Any) -> Any:
-        row = await self.store.create_experiment(principal().subject, request.experiment.name)
+        row = await self.store.experiments.create(principal().subject, request.experiment.name)
         return _experiment(row)
 
     async def ListExperiments(self, request: Any, context: Any) -> Any:
-        rows, token = await self.store.list_experiments(
+        rows, token = await self.store.experiments.page(
             owners.scope(),
             request.page_size,
             request.page_token,
             request.name,
             request.include_deleted,
         )
-        counts = await run_counts(self.store, [r.id for r in rows])
+        counts = await self.store.runs.counts([r.id for r in rows])
         return tracker_pb2.ListExperimentsResponse(
             experiments=[_experiment(r, sum(counts[r.id].values())) for r in rows],
             next_page_token=token,
         )
 
     async def GetExperiment(self, request: Any, context: Any) -> Any:
-        row = await self.store.get_experiment(request.id, owners.scope())
-        counts = await run_counts(self.store, [row.id])
+        row = await self.store.experiments.get(request.id, owners.scope())
+        counts = await self.store.runs.counts([row.id])
         return _experiment(row, sum(counts[row.id].values()))
 
     async def UpdateExperiment(self, request: Any, context: Any) -> Any:
@@ -160,19 +162,23 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             raise errors.InvalidArgument(
                 "only 'name' can be updated", [errors.FieldViolation("update_mask", "only name")]
             )
-        row = await self.store.rename_experiment(
+        row = await self.store.experiments.rename(
             request.experiment.id, owners.scope(), request.experiment.name
         )
         return _experiment(row)
 
     async def DeleteExperiment(self, request: Any, context: Any) -> Any:
-        return _experiment(await self.store.set_deleted(request.id, owners.scope(), True))
+        return _experiment(
+            await self.store.experiments.set_deleted(request.id, owners.scope(), True)
+        )
 
     async def RestoreExperiment(self, request: Any, context: Any) -> Any:
-        return _experiment(await self.store.set_deleted(request.id, owners.scope(), False))
+        return _experiment(
+            await self.store.experiments.set_deleted(request.id, owners.scope(), False)
+        )
 
     async def PurgeExperiment(self, request: Any, context: Any) -> Any:
-        for run_id in await self.store.purge_experiment(request.id, owners.scope()):
+        for run_id in await self.store.experiments.purge(request.id, owners.scope()):
             await asyncio.to_thread(self.artifacts.delete_run, run_id)
         return empty_pb2.Empty()
 
@@ -183,15 +189,15 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             if request.run.HasField("start_time")
             else None
         )
-        row = await self.store.create_run(
+        row = await self.store.runs.create(
             request.experiment_id, principal().subject, request.run.name, request.run.job_id, start
         )
         if request.run.tags:
-            await self.store.set_tags(row.id, None, dict(request.run.tags))
+            await self.store.tags.set(row.id, None, dict(request.run.tags))
         return await self._run_message(row)
 
     async def GetRun(self, request: Any, context: Any) -> Any:
-        return await self._run_message(await self.store.get_run(request.id, owners.scope()))
+        return await self._run_message(await self.store.runs.get(request.id, owners.scope()))
 
     async def UpdateRun(self, request: Any, context: Any) -> Any:
         paths = set(request.update_mask.paths) or {"name", "status", "end_time"}
@@ -211,23 +217,25 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             values["status"] = STATUS[request.run.status]
         if "end_time" in paths and request.run.HasField("end_time"):
             values["end_time"] = request_checks.datetime_of(request.run.end_time, "run.end_time")
-        row = await self.store.update_run(request.run.id, owners.scope(), **values)
+        row = await self.store.runs.update(request.run.id, owners.scope(), **values)
         if "status" in values:
             self.events.status(row.id, row.status)
         return await self._run_message(row)
 
     async def SetTags(self, request: Any, context: Any) -> Any:
-        await self.store.set_tags(
+        await self.store.tags.set(
             request.run_id, owners.scope(), dict(request.tags), list(request.delete_keys)
         )
         return empty_pb2.Empty()
 
     async def LogParams(self, request: Any, context: Any) -> Any:
-        await self.store.log_params(request.run_id, owners.scope(), dict(request.params))
+        await self.store.params.log(request.run_id, owners.scope(), dict(request.params))
         return empty_pb2.Empty()
 
     async def LogMetrics(self, request: Any, context: Any) -> Any:
-        stored = await self.store.log_batch(request.run_id, owners.scope(), _batch(request.metrics))
+        stored = await self.store.metrics.log(
+            request.run_id, owners.scope(), _batch(request.metrics)
+        )
         self._notify(request.run_id, stored)
         return EMPTY
 
@@ -243,9 +251,9 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         total = batches = 0
         async for request in request_iterator:
             if request.run_id not in checked:
-                await self.store.get_run(request.run_id, owner)
+                await self.store.runs.get(request.run_id, owner)
                 checked.add(request.run_id)
-            stored = await self.store.log_batch(
+            stored = await self.store.metrics.log(
                 request.run_id, owner, _batch(request.metrics), checked_run=True
             )
             total += len(stored.keys)
@@ -256,7 +264,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         )
 
     async def GetMetricHistory(self, request: Any, context: Any) -> Any:
-        page = await self.store.history(
+        page = await self.store.history.page(
             request.run_id,
             owners.scope(),
             request.key,
@@ -281,7 +289,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         # every watch of this process shares one subscription; one caller's watches are capped
         with self.watches.hold(principal().subject):
             async with self.fanout.watch(channel(request.run_id)) as watcher:
-                row = await self.store.get_run(request.run_id, owner)
+                row = await self.store.runs.get(request.run_id, owner)
                 yield tracker_pb2.RunEvent(
                     run_id=row.id,
                     type="status",
@@ -303,7 +311,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                             )
                         continue
                     # a status event, or a second of quiet (Redis may be away): read the row
-                    row = await self.store.get_run(request.run_id, owner)
+                    row = await self.store.runs.get(request.run_id, owner)
                     if row.status != "RUNNING":
                         yield tracker_pb2.RunEvent(
                             run_id=row.id,
@@ -315,7 +323,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
 
     # ------------------------------------------------------------------ search and compare
     async def SearchRuns(self, request: Any, context: Any) -> Any:
-        rows, token = await self.store.search_runs(
+        rows, token = await self.store.search.runs(
             owners.scope(),
             list(request.experiment_ids),
             request.filter,
@@ -323,7 +331,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             request.page_size,
             request.page_token,
         )
-        details = await self.store.run_details([r.id for r in rows])
+        details = await self.store.runs.details([r.id for r in rows])
         return tracker_pb2.SearchRunsResponse(
             runs=[_run(r, details[r.id]) for r in rows], next_page_token=token
         )
@@ -357,9 +365,9 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 "compare 2 to 100 runs", [errors.FieldViolation("run_ids", "2 to 100")]
             )
         owner = owners.scope()
-        rows = [await self.store.get_run(r, owner) for r in ids]
-        details = await self.store.run_details(ids)
-        data = await series(self.store, ids, list(request.metric_keys))
+        rows = [await self.store.runs.get(r, owner) for r in ids]
+        details = await self.store.runs.details(ids)
+        data = await self.store.history.series(ids, list(request.metric_keys))
         keys = sorted({k for per in data.values() for k in per})
         out = tracker_pb2.CompareRunsResponse()
         per_key: dict[str, dict[str, compare.Summary]] = {k: {} for k in keys}
@@ -391,10 +399,10 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 "compare 2 to 20 experiments", [errors.FieldViolation("experiment_ids", "2 to 20")]
             )
         owner = owners.scope()
-        exps = [await self.store.get_experiment(e, owner) for e in ids]
-        counts = await run_counts(self.store, ids)
-        all_runs = await runs_of(self.store, ids)
-        data = await series(self.store, [r.id for r in all_runs], list(request.metric_keys))
+        exps = [await self.store.experiments.get(e, owner) for e in ids]
+        counts = await self.store.runs.counts(ids)
+        all_runs = await self.store.runs.of_experiments(ids)
+        data = await self.store.history.series([r.id for r in all_runs], list(request.metric_keys))
         run_exp = {r.id: r.experiment_id for r in all_runs}
         out = tracker_pb2.CompareExperimentsResponse()
         overall: dict[str, dict[str, compare.Summary]] = {}
@@ -437,8 +445,8 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 "x_axis is 'step' or 'time'", [errors.FieldViolation("x_axis", "step or time")]
             )
         owner = owners.scope()
-        rows = [await self.store.get_run(r, owner) for r in ids]
-        data = await series(self.store, ids, keys)
+        rows = [await self.store.runs.get(r, owner) for r in ids]
+        data = await self.store.history.series(ids, keys)
         by_time = request.x_axis == "time"
         starts = {r.id: r.start_time for r in rows}
         curves = {
@@ -471,7 +479,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 [errors.FieldViolation("run_id", "required")],
             )
         path = clean_path(first.path)
-        run = await self.store.get_run(first.run_id, owners.scope())
+        run = await self.store.runs.get(first.run_id, owners.scope())
 
         async def rest() -> AsyncIterator[common_pb2.Chunk]:
             # run_id and path belong to the first message; the others carry chunks only.
@@ -479,16 +487,16 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 yield msg.chunk
 
         size, digest = await self.artifacts.write(run.id, path, first.chunk, rest())
-        await self.store.record_artifact(run.id, path, size, digest)
+        await self.store.artifact_records.record(run.id, path, size, digest)
         return tracker_pb2.Artifact(
             run_id=run.id, path=path, size_bytes=size, sha256=digest, update_time=_ts(now())
         )
 
     async def ListArtifacts(self, request: Any, context: Any) -> Any:
-        run = await self.store.get_run(request.run_id, owners.scope())
+        run = await self.store.runs.get(request.run_id, owners.scope())
         path = clean_path(request.path, allow_root=True)
         entries = await asyncio.to_thread(self.artifacts.list, run.id, path)
-        known = await self.store.artifact_hashes(run.id)
+        known = await self.store.artifact_records.hashes(run.id)
         n = pagination.page_size(request.page_size, 100, 1000)
         bound_to = (run.id, path)  # the token's context
         (offset,) = pagination.decode(
@@ -508,7 +516,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         )
 
     async def DownloadArtifact(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        run = await self.store.get_run(request.run_id, owners.scope())
+        run = await self.store.runs.get(request.run_id, owners.scope())
         target = self.artifacts.open(run.id, clean_path(request.path))
         digest = hashlib.sha256()
         offset = 0
@@ -525,16 +533,12 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         yield common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
 
     async def DeleteArtifact(self, request: Any, context: Any) -> Any:
-        run = await self.store.get_run(request.run_id, owners.scope())
+        run = await self.store.runs.get(request.run_id, owners.scope())
         path = clean_path(request.path)
         if not await asyncio.to_thread(self.artifacts.delete, run.id, path):
             raise errors.NotFound(f"no artifact {path!r}")
-        await self.store.forget_artifacts(run.id, path)
+        await self.store.artifact_records.forget(run.id, path)
         return empty_pb2.Empty()
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 __all__ = ["METHOD_ROLES", "SERVICE", "TrackerService"]

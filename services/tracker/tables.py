@@ -1,8 +1,8 @@
 """The tracker's tables (it owns `tracker_*`).
 
 Metric points are append-only: a trickle as rows keyed by (run, key, step), bulk batches as
-blocks of packed arrays (points.py says why); `tracker_latest_metrics` keeps the newest point
-of each series, so search and listings never scan the history."""
+blocks of packed arrays (services/tracker/points/ says why); `tracker_latest_metrics` keeps the
+newest point of each series, so search and listings never scan the history."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ tags = Table(
 
 # No foreign key on run_id: PostgreSQL would check it once per point, which doubles the cost
 # of ingest. Each batch is written in one transaction with its tracker_latest_metrics upsert,
-# whose foreign key checks the run once per batch (points.py), and a purge deletes the points.
+# whose foreign key checks the run once per batch (points/postgres.py), and a purge deletes the
+# points.
 metrics = Table(
     "tracker_metrics",
     metadata,

@@ -13,18 +13,13 @@ import numpy as np
 import pytest
 from service_kit import db
 
-from services.tracker.points import (
-    BLOCK_FROM,
-    LOWEST,
-    NONE,
-    Batch,
-    BlockSpan,
-    Columns,
-    blocks_to_read,
-    merge,
-    split,
-)
-from services.tracker.store import Point, TrackerStore
+from services.tracker.points.batches import BLOCK_FROM, Batch, split
+from services.tracker.points.columns import NONE, Columns
+from services.tracker.points.pages import LOWEST, BlockSpan, blocks_to_read, merge
+from services.tracker.store import TrackerStore
+from services.tracker.store.metrics import Point
+
+from .tracker_points_helper import log_points
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "tracker" / "migrations"
 
@@ -102,7 +97,7 @@ async def read_all(s: TrackerStore, run_id: str, key: str, size: int) -> list[tu
     got: list[tuple[int, int]] = []
     token = ""
     while True:
-        page = await s.history(run_id, "alice", key, 0, size, token)
+        page = await s.history.page(run_id, "alice", key, 0, size, token)
         got += zip(page.steps.tolist(), page.timestamps.tolist(), strict=True)
         token = page.next_page_token
         if not token:
@@ -113,8 +108,8 @@ async def test_pages_over_blocks_and_rows_from_concurrent_writers(db_url: str) -
     """Eight writers, bulk and trickle batches, interleaved and repeated steps: every page
     size reads back exactly the sorted points, none lost or doubled."""
     s = await store_for(db_url)
-    exp = await s.create_experiment("alice", "e")
-    run = await s.create_run(exp.id, "alice", "r")
+    exp = await s.experiments.create("alice", "e")
+    run = await s.runs.create(exp.id, "alice", "r")
     rng = random.Random(1)
     sent: list[tuple[int, int]] = []
 
@@ -123,7 +118,7 @@ async def test_pages_over_blocks_and_rows_from_concurrent_writers(db_url: str) -
             n = rng.choice([1, 5, BLOCK_FROM, 300])
             batch = [Point("loss", w + 0.5, rng.randrange(2000), 1000 + w) for _ in range(n)]
             sent.extend((p.step, p.timestamp) for p in batch)
-            await s.log_metrics(run.id, "alice", batch)
+            await log_points(s, run.id, "alice", batch)
 
     await asyncio.gather(*(writer(w) for w in range(8)))
     for size in (1, 7, 250, 10_000):
@@ -131,7 +126,7 @@ async def test_pages_over_blocks_and_rows_from_concurrent_writers(db_url: str) -
             continue  # one point a page: too many calls to be worth it
         assert await read_all(s, run.id, "loss", size) == sorted(sent)
     assert await s.points.count(run.id, "loss") == len(sent)
-    sampled = await s.history(run.id, "alice", "loss", 50, 1000, "")
+    sampled = await s.history.page(run.id, "alice", "loss", 50, 1000, "")
     assert sampled.downsampled and 40 <= len(sampled.steps) <= 60
     assert sampled.steps[0] == min(sent)[0] and sampled.steps[-1] == max(sent)[0]
     assert list(sampled.steps) == sorted(sampled.steps)
@@ -140,33 +135,33 @@ async def test_pages_over_blocks_and_rows_from_concurrent_writers(db_url: str) -
 
 async def test_steps_repeated_across_a_page_boundary_are_sent_once(db_url: str) -> None:
     s = await store_for(db_url)
-    exp = await s.create_experiment("alice", "e")
-    run = await s.create_run(exp.id, "alice", "r")
+    exp = await s.experiments.create("alice", "e")
+    run = await s.runs.create(exp.id, "alice", "r")
     # 3 blocks all at step 5 (different timestamps), then a trickle at step 5 and 6
     for t in range(3):
-        await s.log_metrics(run.id, "alice", [Point("x", 1.0, 5, 100 + t)] * 40)
-    await s.log_metrics(run.id, "alice", [Point("x", 1.0, 5, 50), Point("x", 1.0, 6, 1)])
+        await log_points(s, run.id, "alice", [Point("x", 1.0, 5, 100 + t)] * 40)
+    await log_points(s, run.id, "alice", [Point("x", 1.0, 5, 50), Point("x", 1.0, 6, 1)])
     got = await read_all(s, run.id, "x", 33)
     assert got == [(5, 50)] + [(5, 100 + t) for t in range(3) for _ in range(40)] + [(6, 1)]
     await s.close()
 
 
 async def test_purge_removes_blocks_and_a_gone_run_gets_none(db_url: str) -> None:
+    from service_kit.errors import NotFound
     from sqlalchemy import func, select
 
-    from services.tracker.store import NotFound
     from services.tracker.tables import metric_blocks, metrics
 
     s = await store_for(db_url)
-    exp = await s.create_experiment("alice", "e")
-    run = await s.create_run(exp.id, "alice", "r")
-    await s.log_metrics(run.id, "alice", [Point("loss", 0.5, i) for i in range(100)])
-    await s.log_metrics(run.id, "alice", [Point("loss", 0.5, 100)])
-    s._owners["gone"] = "alice"
+    exp = await s.experiments.create("alice", "e")
+    run = await s.runs.create(exp.id, "alice", "r")
+    await log_points(s, run.id, "alice", [Point("loss", 0.5, i) for i in range(100)])
+    await log_points(s, run.id, "alice", [Point("loss", 0.5, 100)])
+    s.runs.owner_of["gone"] = "alice"
     with pytest.raises(NotFound):
-        await s.log_metrics("gone", "alice", [Point("loss", 0.5, i) for i in range(100)])
-    await s.set_deleted(exp.id, "alice", True)
-    await s.purge_experiment(exp.id, "alice")
+        await log_points(s, "gone", "alice", [Point("loss", 0.5, i) for i in range(100)])
+    await s.experiments.set_deleted(exp.id, "alice", True)
+    await s.experiments.purge(exp.id, "alice")
     async with s.engine.connect() as conn:
         for table in (metrics, metric_blocks):
             assert (await conn.execute(select(func.count()).select_from(table))).scalar() == 0
@@ -178,10 +173,10 @@ async def test_downgrade_unpacks_blocks_into_rows(db_url: str) -> None:
     from sqlalchemy import text
 
     s = await store_for(db_url)
-    exp = await s.create_experiment("alice", "e")
-    run = await s.create_run(exp.id, "alice", "r")
-    await s.log_metrics(run.id, "alice", [Point("loss", i / 8, i, 7) for i in range(64)])
-    await s.log_metrics(run.id, "alice", [Point("loss", 9.0, 64, 7)])
+    exp = await s.experiments.create("alice", "e")
+    run = await s.runs.create(exp.id, "alice", "r")
+    await log_points(s, run.id, "alice", [Point("loss", i / 8, i, 7) for i in range(64)])
+    await log_points(s, run.id, "alice", [Point("loss", 9.0, 64, 7)])
     await s.points.close()
 
     def down(sync_conn: object) -> None:
@@ -200,7 +195,7 @@ async def test_downgrade_unpacks_blocks_into_rows(db_url: str) -> None:
     assert [tuple(r) for r in rows] == [(i, i / 8, 7) for i in range(64)] + [(64, 9.0, 7)]
     await s.engine.dispose()
     again = await store_for(db_url)  # and up again
-    page = await again.history(run.id, "alice", "loss", 0, 1000, "")
+    page = await again.history.page(run.id, "alice", "loss", 0, 1000, "")
     assert page.steps.tolist() == list(range(65)) and np.isclose(page.values[8], 1.0)
     await again.close()
 
@@ -211,24 +206,24 @@ async def test_downsampling_reads_the_series_a_part_at_a_time(
 ) -> None:
     """Every k-th point and the last, the same however many points are read at a time
     (steps repeat across the parts' boundaries here), paged by offset."""
-    from services.tracker import store as store_module
+    from services.tracker.store import history
 
-    monkeypatch.setattr(store_module, "SAMPLE_READ", read)
+    monkeypatch.setattr(history, "SAMPLE_READ", read)
     s = await store_for(db_url)
-    exp = await s.create_experiment("alice", "e")
-    run = await s.create_run(exp.id, "alice", "r")
+    exp = await s.experiments.create("alice", "e")
+    run = await s.runs.create(exp.id, "alice", "r")
     rng = random.Random(3)
     sent = [(rng.randrange(60), t) for t in range(203)]  # 203 points, many per step
     for at in range(0, len(sent), 50):
         part = sent[at : at + 50]
-        await s.log_metrics(run.id, "alice", [Point("x", float(t), st, t + 1) for st, t in part])
+        await log_points(s, run.id, "alice", [Point("x", float(t), st, t + 1) for st, t in part])
     ordered = sorted((st, t + 1) for st, t in sent)
     every = -(-len(ordered) // 20)
     want = ordered[::every] + ([ordered[-1]] if (len(ordered) - 1) % every else [])
     got: list[tuple[int, int]] = []
     token = ""
     while True:
-        page = await s.history(run.id, "alice", "x", 20, 6, token)
+        page = await s.history.page(run.id, "alice", "x", 20, 6, token)
         assert page.downsampled
         got += zip(page.steps.tolist(), page.timestamps.tolist(), strict=True)
         token = page.next_page_token

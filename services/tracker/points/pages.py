@@ -1,0 +1,76 @@
+"""The read side shared by both databases: which blocks a page must load, the merge of rows and
+blocks into one ordered page, and the read statements in each driver's parameter style."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import numpy as np
+
+from .columns import Columns
+
+LOWEST = -(2**63)  # "from the first step"
+
+
+class BlockSpan(NamedTuple):
+    id: int
+    first_step: int
+    last_step: int
+    point_count: int
+
+
+def blocks_to_read(spans: Iterable[BlockSpan], rows: Columns, want: int, lo: int) -> list[int]:
+    """The blocks that can hold any of the first `want` points from step `lo` on, given the
+    trickle's first `want` such points. Spans come by first step; once `want` points are
+    known to lie at or below step M, a block that starts after M cannot reach the page."""
+    known = len(rows)
+    top = int(rows.steps.max()) if known else LOWEST
+    ids = []
+    for span in spans:
+        if known >= want and span.first_step > top:
+            break
+        ids.append(span.id)
+        if span.first_step >= lo:  # all its points count
+            known += span.point_count
+            top = max(top, span.last_step)
+    return ids
+
+
+def merge(rows: Columns, blocks: Iterable[Columns], lo: int, skip: int, limit: int) -> Columns:
+    """The points from step `lo` on, in (step, timestamp) order, skipping `skip`. The sort is
+    stable and the parts come in a fixed order, so equal points keep their order between
+    pages."""
+    parts = [rows, *blocks]
+    if len(parts) == 1:
+        return Columns(*(c[skip : skip + limit] for c in rows))
+    steps, values, stamps = (np.concatenate(c) for c in zip(*parts, strict=True))
+    if lo != LOWEST:
+        keep = steps >= lo
+        steps, values, stamps = steps[keep], values[keep], stamps[keep]
+    order = np.lexsort((stamps, steps))[skip : skip + limit]
+    return Columns(steps[order], values[order], stamps[order])
+
+
+def read_statements(mark: str) -> dict[str, str]:
+    """The read statements in the driver's parameter style: "?" or "$" (numbered)."""
+
+    def marks(n: int) -> list[str]:
+        return ["?"] * n if mark == "?" else [f"${i}" for i in range(1, n + 1)]
+
+    run, key, step, limit = marks(4)
+    rows = (
+        f"SELECT step, value, timestamp FROM tracker_metrics WHERE run_id = {run} "
+        f"AND key = {key} AND step >= {step} ORDER BY step, timestamp LIMIT {limit}"
+    )
+    spans = (
+        "SELECT id, first_step, last_step, point_count FROM tracker_metric_blocks WHERE "
+        f"run_id = {run} AND key = {key} AND last_step >= {step} ORDER BY first_step, id"
+    )
+    run, key, run2, key2 = marks(4)
+    count = (
+        f"SELECT (SELECT count(*) FROM tracker_metrics WHERE run_id = {run} AND key = {key})"
+        " + (SELECT coalesce(sum(point_count), 0) FROM tracker_metric_blocks WHERE "
+        f"run_id = {run2} AND key = {key2})"
+    )
+    return {"rows": rows, "spans": spans, "count": count}
