@@ -17,8 +17,8 @@ from service_kit.settings import Settings, service_address
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import tables, tasks
+from .dataset_store import DatasetStore
 from .service import METHOD_ROLES, SERVICE, TrainerService
-from .uploads import DatasetStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_trainer"

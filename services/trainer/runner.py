@@ -24,14 +24,14 @@ from service_kit.webhooks import WebhookSender
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import plan, tables, tasks, training
+from .dataset_store import DatasetStore
 from .datasets import Arrays, DatasetError
 from .plan import TrainingRequest
 from .run_params import run_params
-from .tracking import FAILED as RUN_FAILED
-from .tracking import FINISHED as RUN_FINISHED
-from .tracking import KILLED as RUN_KILLED
-from .tracking import TrackerClient, owner_token
-from .uploads import DatasetStore
+from .tracker_client import FAILED as RUN_FAILED
+from .tracker_client import FINISHED as RUN_FINISHED
+from .tracker_client import KILLED as RUN_KILLED
+from .tracker_client import TrackerClient, owner_token
 
 PROGRESS_EVERY_S = 1.0  # batch-level progress updates, at most this often
 CANCEL_POLL_S = 0.25

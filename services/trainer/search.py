@@ -23,9 +23,9 @@ from . import plan
 from .datasets import DatasetError
 from .plan import TrainingRequest
 from .runner import JobFailed, JobRunner
-from .tracking import FAILED as RUN_FAILED
-from .tracking import FINISHED as RUN_FINISHED
-from .tracking import TrackerClient
+from .tracker_client import FAILED as RUN_FAILED
+from .tracker_client import FINISHED as RUN_FINISHED
+from .tracker_client import TrackerClient
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

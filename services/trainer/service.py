@@ -26,10 +26,10 @@ from service_kit.jobs import JobRecord, JobStore
 from service_kit.streams import StreamCap
 from service_kit.tasks import Sendable
 
-from . import datasets, plan, uploads
+from . import dataset_store, datasets, plan
+from .dataset_store import DatasetStore
 from .datasets import DatasetError
 from .plan import TrainingRequest
-from .uploads import DatasetStore
 
 SERVICE = "neural.v1.TrainerService"
 BACKENDS = {
@@ -300,18 +300,18 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     # ---------------------------------------------------------- datasets
     async def UploadDataset(self, request_iterator: Any, context: Any) -> Any:
         record = await self.store.upload(principal().subject, request_iterator)
-        return uploads.to_message(record)
+        return dataset_store.to_message(record)
 
     async def ListDatasets(self, request: Any, context: Any) -> Any:
         records, token = await self.store.list(
             owners.scope(), request.page_size, request.page_token, request.name
         )
         return trainer_pb2.ListDatasetsResponse(
-            datasets=[uploads.to_message(r) for r in records], next_page_token=token
+            datasets=[dataset_store.to_message(r) for r in records], next_page_token=token
         )
 
     async def GetDataset(self, request: Any, context: Any) -> Any:
-        return uploads.to_message(await self.store.get(request.id, owners.scope()))
+        return dataset_store.to_message(await self.store.get(request.id, owners.scope()))
 
     async def DeleteDataset(self, request: Any, context: Any) -> Any:
         record = await self.store.get(request.id, owners.scope())

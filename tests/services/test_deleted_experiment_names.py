@@ -14,7 +14,7 @@ from service_kit.interceptors import Interceptor
 from service_kit.settings import load
 
 from services.tracker import app as tracker_app
-from services.trainer.tracking import TrackerClient, owner_token
+from services.trainer.tracker_client import TrackerClient, owner_token
 from tests.services.conftest import redis_url
 
 pytestmark = pytest.mark.integration
@@ -54,15 +54,15 @@ async def test_training_into_a_deleted_experiments_name_restores_it(
     try:
         default = await client.experiment_id("Default")
         await client.create_run(default, "first", "job-1", {})
-        await app.store.set_deleted(default, "alice", True)
+        await app.store.experiments.set_deleted(default, "alice", True)
 
         # the next training lands in the same experiment, restored with its runs
         assert await client.experiment_id("Default") == default
-        assert (await app.store.get_experiment(default, "alice")).deleted_at is None
+        assert (await app.store.experiments.get(default, "alice")).deleted_at is None
         await client.create_run(default, "second", "job-2", {})
 
         # creating the name by hand says what holds it and how to free it
-        await app.store.set_deleted(default, "alice", True)
+        await app.store.experiments.set_deleted(default, "alice", True)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await client.stub.CreateExperiment(
                 tracker_pb2.CreateExperimentRequest(
@@ -75,7 +75,7 @@ async def test_training_into_a_deleted_experiments_name_restores_it(
         assert "PurgeExperiment" in (info.value.details() or "")
 
         # purged, the name is free: a training starts a new experiment
-        await app.store.purge_experiment(default, "alice")
+        await app.store.experiments.purge(default, "alice")
         fresh = await client.experiment_id("Default")
         assert fresh != default
         # another owner's deleted experiment of that name is not alice's to restore

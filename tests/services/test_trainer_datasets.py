@@ -20,10 +20,11 @@ from service_kit.errors import (
     ResourceExhausted,
 )
 
+from services.trainer import dataset_files as files
 from services.trainer import datasets as ds
+from services.trainer.dataset_store import DatasetStore, to_message
 from services.trainer.datasets import Arrays, DatasetError
 from services.trainer.tables import metadata
-from services.trainer.uploads import DatasetStore, to_message
 
 # ---------------------------------------------------------------------------- builtin
 
@@ -163,12 +164,12 @@ def _npz(path: Path, **arrays: object) -> Path:
 def test_npz_is_loaded_as_float32_and_int64(tmp_path: Path) -> None:
     x = np.arange(24, dtype=np.int16).reshape(6, 2, 2)
     p = _npz(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 0, 1, 4], dtype=np.uint8))
-    assert ds.inspect_file(p, "npz") == {"x": (6, 2, 2), "y": (6,)}
-    a = ds.load_file(p, "npz")
+    assert files.inspect_file(p, "npz") == {"x": (6, 2, 2), "y": (6,)}
+    a = files.load_file(p, "npz")
     assert a.x.dtype == np.float32 and a.y.dtype == np.int64 and a.num_classes == 5
     # Whole-number float labels are class ids too.
     p2 = _npz(tmp_path / "f.npz", x=np.ones((2, 3)), y=np.array([1.0, 0.0]))
-    assert ds.load_file(p2, "npz").y.tolist() == [1, 0]
+    assert files.load_file(p2, "npz").y.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize(
@@ -192,39 +193,39 @@ def test_bad_npz_files_are_refused_with_the_reason(
 ) -> None:
     p = _npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DatasetError, match=message):
-        ds.inspect_file(p, "npz")
+        files.inspect_file(p, "npz")
 
 
 def test_object_arrays_are_refused_and_never_unpickled(tmp_path: Path) -> None:
     p = tmp_path / "evil.npz"
     np.savez(p, x=np.array([{"a": 1}, None], dtype=object), y=np.zeros(2, dtype=int))
     with pytest.raises(DatasetError, match="Python objects"):
-        ds.inspect_file(p, "npz")
+        files.inspect_file(p, "npz")
 
 
 def test_non_archives_are_refused(tmp_path: Path) -> None:
     plain = tmp_path / "plain.npz"
     np.save(plain, np.ones(3))  # a lone .npy, not an archive
     with pytest.raises(DatasetError, match=r"not an \.npz archive"):
-        ds.inspect_file(plain, "npz")
+        files.inspect_file(plain, "npz")
     junk = tmp_path / "junk.npz"
     with zipfile.ZipFile(junk, "w") as zf:
         zf.writestr("x.npy", b"not an array")
         zf.writestr("y.npy", b"nor this")
     with pytest.raises(DatasetError, match=r"not a readable \.npy array"):
-        ds.inspect_file(junk, "npz")
+        files.inspect_file(junk, "npz")
 
 
 def test_zip_bombs_are_refused_before_decompressing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ds, "MAX_NPZ_UNCOMPRESSED_BYTES", 1024**2)
+    monkeypatch.setattr(files, "MAX_NPZ_UNCOMPRESSED_BYTES", 1024**2)
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("pad.bin", b"\0" * (1024**2 + 1))
     assert bomb.stat().st_size < 10_000
     with pytest.raises(DatasetError, match="unpacks to 1048577 bytes"):
-        ds.inspect_file(bomb, "npz")
+        files.inspect_file(bomb, "npz")
 
 
 def test_a_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path: Path) -> None:
@@ -237,7 +238,7 @@ def test_a_header_declaring_a_huge_array_is_refused_before_allocating(tmp_path: 
         zf.writestr("x.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:])
         zf.writestr("y.npy", b"")
     with pytest.raises(DatasetError, match="over the limit"):
-        ds.inspect_file(p, "npz")
+        files.inspect_file(p, "npz")
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -247,8 +248,8 @@ def _csv(path: Path, text: str) -> Path:
 
 def test_csv_features_then_label(tmp_path: Path) -> None:
     p = _csv(tmp_path / "d.csv", "\ufeffa,b,label\n1,2.5,0\n\n-3, 4e1 ,2\r\n0,0,1.0\n")
-    assert ds.inspect_file(p, "csv") == {"x": (3, 2), "y": (3,)}
-    a = ds.load_file(p, "csv")
+    assert files.inspect_file(p, "csv") == {"x": (3, 2), "y": (3,)}
+    a = files.load_file(p, "csv")
     np.testing.assert_array_equal(a.x, np.array([[1, 2.5], [-3, 40], [0, 0]], dtype=np.float32))
     assert a.y.tolist() == [0, 2, 1] and a.num_classes == 3
 
@@ -270,14 +271,14 @@ def test_csv_features_then_label(tmp_path: Path) -> None:
 )
 def test_bad_csv_files_name_the_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
-        ds.inspect_file(_csv(tmp_path / "bad.csv", text), "csv")
+        files.inspect_file(_csv(tmp_path / "bad.csv", text), "csv")
 
 
 def test_csv_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     p = tmp_path / "latin1.csv"
     p.write_bytes(b"a,label\n1,0\n\xe9,1\n")
     with pytest.raises(DatasetError, match="line 3: not UTF-8"):
-        ds.inspect_file(p, "csv")
+        files.inspect_file(p, "csv")
 
 
 def test_large_csv_is_parsed_in_blocks(tmp_path: Path) -> None:
@@ -291,9 +292,9 @@ def test_large_csv_is_parsed_in_blocks(tmp_path: Path) -> None:
     lines[9000] = "1,2,oops,0"  # line 9001, in the third block
     p = _csv(tmp_path / "big.csv", "\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match="line 9001, column 'f3'"):
-        ds.load_file(p, "csv")
+        files.load_file(p, "csv")
     lines[9000] = "1,2,3,0"
-    a = ds.load_file(_csv(p, "\n".join(lines) + "\n"), "csv")
+    a = files.load_file(_csv(p, "\n".join(lines) + "\n"), "csv")
     assert a.x.shape == (10_000, 3) and a.y[8999] == 0
     np.testing.assert_allclose(a.x[:8999], x[:8999].astype(np.float32))
 

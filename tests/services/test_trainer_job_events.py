@@ -20,9 +20,9 @@ from service_kit.jobs import JobRecord, JobStore
 from service_kit.settings import load
 
 from services.trainer import search, tables
+from services.trainer.dataset_store import DatasetStore
 from services.trainer.plan import TrainingRequest
 from services.trainer.runner import JobRunner, Resources
-from services.trainer.uploads import DatasetStore
 from tests.services.conftest import REDIS_URL
 from tests.waiting import until_async
 

@@ -2,9 +2,9 @@
 
 An upload streams into a hidden temporary file in that folder while it is hashed, by the rules
 every upload shares (service_kit.chunked_upload); only once the size, the sha256 the client
-declared and the content rules (datasets.inspect_file) all check out is it renamed into place
-(atomic) and its row inserted. Any failure, a client that goes
-away included, removes the temporary file, so a rejected upload leaves neither file nor row.
+declared and the content rules (dataset_files.inspect_file) all check out is it renamed into
+place (atomic) and its row inserted. Any failure, a client that goes away included, removes the
+temporary file, so a rejected upload leaves neither file nor row.
 The file is renamed before the row is inserted: a crash in between leaves an orphan file
 (harmless), never a row without its file.
 """
@@ -34,7 +34,8 @@ from service_kit.job_messages import timestamp
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .datasets import FORMATS, Arrays, DatasetError, inspect_file, load_file
+from .dataset_files import FORMATS, inspect_file, load_file
+from .datasets import Arrays, DatasetError
 from .tables import datasets
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024**2
