@@ -88,7 +88,9 @@ def to_message(rec: DatasetRecord) -> trainer_pb2.Dataset:
 def dataset_format(name: str) -> str:
     """The format a file name selects ("npz" or "csv"), or INVALID_ARGUMENT for a name that is
     not a plain file name: empty, over MAX_NAME_LENGTH, with a path separator, a control
-    character, or another extension. The name is only stored and shown, never used as a path."""
+    character, another extension, or the prefix of uploads in progress (every upload's temporary
+    file begins with it, so no kept name may). The name is only stored and shown, never used as a
+    path."""
     ext = name.rpartition(".")[2].lower() if "." in name else ""
     stem = name.rpartition(".")[0]
     problem = (
@@ -100,6 +102,8 @@ def dataset_format(name: str) -> str:
         if "/" in name or "\\" in name
         else "must be printable text"
         if not name.isprintable()
+        else f"must not begin with {chunked_upload.TEMP_PREFIX!r} (kept for uploads in progress)"
+        if name.startswith(chunked_upload.TEMP_PREFIX)
         else "must be a name ending in .npz or .csv"
         if ext not in FORMATS or not stem.strip(". ")
         else ""

@@ -433,7 +433,18 @@ async def test_oversized_uploads_are_refused_with_nothing_left(db_url: str, tmp_
 
 @pytest.mark.parametrize(
     "name",
-    ["../x.npz", "a/b.csv", "a\\b.csv", "a.exe", "data", ".npz", "", "x\n.csv", "a" * 252 + ".csv"],
+    [
+        "../x.npz",
+        "a/b.csv",
+        "a\\b.csv",
+        "a.exe",
+        "data",
+        ".npz",
+        "",
+        "x\n.csv",
+        "a" * 252 + ".csv",
+        ".upload-x.csv",
+    ],
 )
 async def test_bad_names_are_refused(name: str, tmp_path: Path) -> None:
     store = await _store(f"sqlite+aiosqlite:///{tmp_path / 'n.db'}", tmp_path)

@@ -27,6 +27,7 @@ from neural.v1 import (
 from tests.services.conftest import create_pg_database, drop_pg_database
 from tests.services.receiver import Receiver
 from tests.services.trainer_stack import TrainerStack, make_trainer_stack
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -377,27 +378,33 @@ def test_redis_restart_loses_no_queued_job(stack: TrainerStack) -> None:
     assert done.attempts == 1
 
 
-def test_list_workers_shows_the_live_worker(stack: TrainerStack) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        resp = trainer(stack).ListWorkers(
-            trainer_pb2.ListWorkersRequest(), metadata=auth(stack, "admin")
+def test_list_workers_shows_live_workers_and_a_killed_one_as_dead(stack: TrainerStack) -> None:
+    def listed(include_dead: bool = False) -> list[trainer_pb2.Worker]:
+        return list(
+            trainer(stack)
+            .ListWorkers(
+                trainer_pb2.ListWorkersRequest(include_dead=include_dead),
+                metadata=auth(stack, "admin"),
+            )
+            .workers
         )
-        if any(w.alive and "training" in w.queues for w in resp.workers):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"no live training worker listed: {resp}")
+
+    def live() -> set[int]:
+        return {w.pid for w in listed() if w.alive and "training" in w.queues}
+
+    before = live()
+    extra = stack.start_trainer_worker()  # a worker of this test's own, killed below
+    until(lambda: len(live() - before) == 1, 60, "the new worker to beat")
+    (pid,) = live() - before
+    stack.kill(extra)
+    # it stops beating: no longer listed, and listed as dead when asked for
+    until(lambda: pid not in live(), 60, "the killed worker to miss its beats")
+    assert any(w.pid == pid and not w.alive for w in listed(include_dead=True))
+    assert all(w.alive for w in listed())
     assert (
         code(trainer(stack).ListWorkers, trainer_pb2.ListWorkersRequest(), metadata=auth(stack))
         == grpc.StatusCode.PERMISSION_DENIED
     )
-    # the worker SIGKILLed earlier stopped beating: listed as dead when asked for
-    everyone = trainer(stack).ListWorkers(
-        trainer_pb2.ListWorkersRequest(include_dead=True), metadata=auth(stack, "admin")
-    )
-    assert any(not w.alive for w in everyone.workers)
-    assert all(w.alive for w in resp.workers)
 
 
 # ------------------------------------------------------------------ webhooks
