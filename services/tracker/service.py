@@ -290,13 +290,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         with self.watches.hold(principal().subject):
             async with self.fanout.watch(channel(request.run_id)) as watcher:
                 row = await self.store.runs.get(request.run_id, owner)
-                yield tracker_pb2.RunEvent(
-                    run_id=row.id,
-                    type="status",
-                    status=STATUS_ENUM[row.status],
-                    run=await self._run_message(row),
-                    time=_ts(now()),
-                )
+                yield await self._status_event(row)
                 while row.status == "RUNNING":
                     raw = await watcher.get(timeout=1.0)
                     data = json.loads(raw) if raw is not None else None
@@ -313,13 +307,16 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                     # a status event, or a second of quiet (Redis may be away): read the row
                     row = await self.store.runs.get(request.run_id, owner)
                     if row.status != "RUNNING":
-                        yield tracker_pb2.RunEvent(
-                            run_id=row.id,
-                            type="status",
-                            status=STATUS_ENUM[row.status],
-                            run=await self._run_message(row),
-                            time=_ts(now()),
-                        )
+                        yield await self._status_event(row)
+
+    async def _status_event(self, row: Any) -> Any:
+        return tracker_pb2.RunEvent(
+            run_id=row.id,
+            type="status",
+            status=STATUS_ENUM[row.status],
+            run=await self._run_message(row),
+            time=_ts(now()),
+        )
 
     # ------------------------------------------------------------------ search and compare
     async def SearchRuns(self, request: Any, context: Any) -> Any:
