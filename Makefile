@@ -4,34 +4,54 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STUBS := libs/neural_api/.generated
+OPENAPI := gateway/openapi.json
+DOCS := gateway/docs/index.html
 PROTOS := $(wildcard protos/neural/v1/*.proto)
 
 .PHONY: setup test test-fast lint bench bench-deps clean run demo
 
-setup: $(STAMP) $(STUBS)
+setup: $(STAMP) $(STUBS) $(OPENAPI) $(DOCS)
 
 # Re-runs only when the dependency lists change, so `make setup` is cheap and idempotent.
 $(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	# Debian's Chromium, for the test that opens /docs headless (Playwright drives it; its own
+	# browser downloads are never used).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt \
 		-e libs/neural_dsl -e libs/neural_api -e libs/service_kit
 	touch $(STAMP)
 
-# Python stubs (importable as neural.v1) and the descriptor set Envoy's transcoder reads.
+# Python stubs (importable as neural.v1) and the descriptor set Envoy's transcoder reads. The
+# descriptor set also carries google.rpc's error details (no neural proto imports them), so the
+# transcoder can print a BadRequest in a REST error body; it is a protoc run of its own, so no
+# stub of them is generated beside googleapis-common-protos' own.
 $(STUBS): $(PROTOS) $(STAMP)
 	mkdir -p gateway
 	$(PY) -m grpc_tools.protoc -Iprotos \
 		-I$$($(PY) -c 'import site; print(site.getsitepackages()[0])') \
 		--python_out=libs/neural_api --grpc_python_out=libs/neural_api --pyi_out=libs/neural_api \
-		--descriptor_set_out=gateway/neural_descriptor.pb --include_imports --include_source_info \
 		$(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos \
+		-I$$($(PY) -c 'import site; print(site.getsitepackages()[0])') \
+		--descriptor_set_out=gateway/neural_descriptor.pb --include_imports --include_source_info \
+		$(PROTOS) google/rpc/error_details.proto google/rpc/status.proto
 	touch $(STUBS)
 
+# The REST API's OpenAPI document, generated from the descriptor set and its HTTP rules (never
+# written by hand), and Swagger UI's files for /docs from the pinned swagger-ui-bundle; Envoy
+# serves both itself (gateway/docs.py).
+$(OPENAPI): $(STUBS) gateway/openapi.py
+	$(PY) -m gateway.openapi --descriptor-set gateway/neural_descriptor.pb -o $(OPENAPI)
+
+$(DOCS): $(STAMP) gateway/docs.py
+	$(PY) -m gateway.docs gateway/docs
+
 lint: setup
-	$(VENV)/bin/ruff check libs services scripts tests bench
-	$(VENV)/bin/ruff format --check libs services scripts tests bench
+	$(VENV)/bin/ruff check libs services scripts tests bench gateway
+	$(VENV)/bin/ruff format --check libs services scripts tests bench gateway
 
 test: lint
 	$(PY) -m pytest

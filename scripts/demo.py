@@ -97,10 +97,12 @@ def own_stack(env: dict[str, str]) -> Iterator[dict[str, Any]]:
         (Path(tmp) / "tmp").mkdir()
         env["TMPDIR"] = str(Path(tmp) / "tmp")
         env["dramatiq_prom_port"] = str(free_port())
-        for name in ("compiler", "trainer", "tracker"):
+        for name in ("compiler", "trainer", "tracker", "authz", "ratelimit"):
             env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
             env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
             env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
+        env["NEURAL_GATEWAY_PORT"] = str(free_port())  # never the 8080 of a `make run`
+        env["NEURAL_GATEWAY_ADMIN_PORT"] = str(free_port())
         print(f"0. no stack is running: starting one for the demo in {tmp}")
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "run_stack.py")],

@@ -1,10 +1,13 @@
 """`make run`: the whole local stack, supervised, printed endpoints, stopped cleanly on Ctrl-C.
 
-Starts a local Redis (when NEURAL_REDIS_URL is unset), then every service built so far and
-its Dramatiq worker. Data lives under NEURAL_DATA_DIR (default .run/): a SQLite database
-unless NEURAL_DATABASE_URL is set, the artifact storage, each process's log, and
-`stack.json`, which says where this stack listens (its addresses, Redis and database) for as
-long as it runs; `make demo` finds the stack through that file only.
+Starts a local Redis (when NEURAL_REDIS_URL is unset), the gateway's own services (authz and
+rate limit), every service built so far and its Dramatiq worker, and last Envoy, the gateway
+(127.0.0.1:NEURAL_GATEWAY_PORT, 8080), on gateway/envoy.yaml rendered for these addresses
+into the data folder. Data lives under NEURAL_DATA_DIR (default .run/): a SQLite database
+unless NEURAL_DATABASE_URL is set, the artifact storage, the authz service's signing keys
+(keys/), each process's log, and `stack.json`, which says where this stack listens (its
+addresses, Redis and database) for as long as it runs; `make demo` finds the stack through
+that file only.
 
 Supervision: a process that exits while the stack runs is logged and started again after a
 delay that doubles from 1 s up to 60 s, and falls back to 1 s once the process has stayed up
@@ -30,7 +33,17 @@ from pathlib import Path
 from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the gateway package, when run as `python scripts/run_stack.py`
+from gateway import proxy  # noqa: E402 - needs the line above
+
 BIN = Path(sys.executable).parent
+# The gateway's services (name, module, default port), each started when its module exists.
+GATEWAY_SERVICES = [
+    ("authz", "gateway.authz", 50055),
+    ("ratelimit", "gateway.ratelimit", 50056),
+]
+GATEWAY_PORT = 8080
+GATEWAY_ADMIN_PORT = 9901
 # (name, server module, Dramatiq worker module or None, worker threads, default port)
 SERVICES = [
     ("tracker", "services.tracker", None, 0, 50053),
@@ -212,10 +225,18 @@ def main() -> int:
     # an idle worker polls Redis at least this often (ms): Dramatiq's default of 1 s would
     # add up to a second between a job's submit and its start
     env.setdefault("dramatiq_worker_timeout", "100")
+    gateway_services = [
+        (name, module, port)
+        for name, module, port in GATEWAY_SERVICES
+        if (ROOT / module.replace(".", "/") / "__main__.py").exists()
+    ]
     addresses = {}
-    for name, *_, default_port in SERVICES:  # how the services find each other
+    # how the services (and Envoy's rendered configuration) find each other
+    for name, *_, default_port in [*gateway_services, *SERVICES]:
         port = env.get(f"NEURAL_{name.upper()}_PORT", str(default_port))
         addresses[name] = env.setdefault(f"NEURAL_{name.upper()}_ADDRESS", f"127.0.0.1:{port}")
+    gateway_port = int(env.get("NEURAL_GATEWAY_PORT", str(GATEWAY_PORT)))
+    admin_port = int(env.get("NEURAL_GATEWAY_ADMIN_PORT", str(GATEWAY_ADMIN_PORT)))
     stack = Stack(env, data)
     stack_file = data / STACK_FILE
 
@@ -237,7 +258,27 @@ def main() -> int:
                 print(f"local Redis did not start (see {data / 'redis.log'})", file=sys.stderr)
                 return 1
             env["NEURAL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        if (ROOT / "gateway" / "authz" / "keys.py").exists():
+            # the authz service signs the internal tokens, the services check them: one
+            # keypair per data folder, kept across runs
+            keys = data / "keys"
+            subprocess.run(
+                [sys.executable, "-m", "gateway.authz.keys", "generate", str(keys)],
+                env=env,
+                cwd=ROOT,
+                check=True,
+            )
+            env.setdefault("NEURAL_AUTHZ_PRIVATE_KEY_FILE", str(keys / "authz_private.pem"))
+            env.setdefault("NEURAL_AUTHZ_PUBLIC_KEY_FILE", str(keys / "authz_public.pem"))
         endpoints = []
+        for name, module, default_port in gateway_services:
+            port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
+            server_proc = stack.add(name, [sys.executable, "-m", module], SERVICE).proc
+            assert server_proc is not None
+            if not wait_port(port, server_proc):
+                print(f"{name} did not start (see {data / (name + '.log')})", file=sys.stderr)
+                return 1
+            endpoints.append(f"  {name:10s} grpc 127.0.0.1:{port}")
         for name, module, worker, threads, default_port in SERVICES:
             port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
             server_proc = stack.add(name, [sys.executable, "-m", module], SERVICE).proc
@@ -257,11 +298,28 @@ def main() -> int:
             endpoints.append(
                 f"  {name:10s} grpc 127.0.0.1:{port}   metrics http://127.0.0.1:{metrics}/metrics"
             )
+        # Envoy last: its upstreams are up, so its first health checks pass
+        config = data / "envoy.yaml"
+        subprocess.run(
+            [sys.executable, "-m", "gateway.render", "--target", "local", "-o", str(config)],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        envoy = stack.add("envoy", proxy.command(config), SERVICE).proc
+        assert envoy is not None
+        deadline = time.monotonic() + 60
+        while not proxy.ready(admin_port):
+            if envoy.poll() is not None or time.monotonic() > deadline:
+                print(f"envoy did not start (see {data / 'envoy.log'})", file=sys.stderr)
+                return 1
+            time.sleep(POLL_S)
         write_stack_file(
             stack_file,
             {
                 "pid": os.getpid(),
                 "data_dir": str(data),
+                "gateway": f"127.0.0.1:{gateway_port}",
                 "addresses": addresses,
                 "redis_url": env["NEURAL_REDIS_URL"],
                 "database_url": env["NEURAL_DATABASE_URL"],
@@ -271,6 +329,10 @@ def main() -> int:
         if database.startswith("sqlite"):
             database = "sqlite: " + database.split(":///", 1)[-1]
         print("Neural platform is running:", flush=True)
+        print(
+            f"  gateway    http://127.0.0.1:{gateway_port} (REST, gRPC, gRPC-Web; "
+            f"docs at /docs)   admin http://127.0.0.1:{admin_port} (this machine only)"
+        )
         print("\n".join(endpoints))
         print(f"  workers    metrics http://127.0.0.1:{env['dramatiq_prom_port']}/metrics")
         print(f"  redis      {env['NEURAL_REDIS_URL']}")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from neural_dsl import DSLError, Limits, check
 from service_kit import errors, owners, webhooks
+from service_kit.http_bodies import content_disposition, http_bodies
 from service_kit.interceptors import principal
 from service_kit.jobs import JobRecord, JobStore
+from service_kit.roles import service_roles
 from service_kit.streams import StreamCap
 from service_kit.tasks import Sendable
 
@@ -24,19 +25,8 @@ from .registry import Registry
 SERVICE = "neural.v1.CompilerService"
 CHUNK = 64 * 1024
 
-# Reading is for viewers; changing the registry needs a user (the default).
-METHOD_ROLES = {
-    f"/{SERVICE}/{m}": "viewer"
-    for m in (
-        "Validate",
-        "GetCompileJob",
-        "ListCompileJobs",
-        "WatchCompileJob",
-        "ListModels",
-        "GetModel",
-        "DownloadModel",
-    )
-}
+# Reading is for viewers; changing the registry needs a user: see compiler.proto.
+METHOD_ROLES = service_roles(SERVICE)  # declared in the protos
 
 
 class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
@@ -155,7 +145,7 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
                 )
                 for d in result.warnings
             ],
-            shapes_json={name: json.dumps(r.to_json()) for name, r in result.shapes.items()},
+            shapes={name: convert.shapes(r.to_json()) for name, r in result.shapes.items()},
         )
 
     async def SubmitCompile(self, request: Any, context: Any) -> common_pb2.Job:
@@ -238,6 +228,17 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
                 )
                 offset += len(data)
         yield common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
+
+    async def DownloadModelFile(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        row = await self.registry.get(request.id, owners.scope())
+        path = self.registry.path(row.id, row.artifact_name)
+        if not path.is_file():
+            raise errors.Unavailable("the model's artifact is missing from storage")
+        await context.send_initial_metadata(
+            (("content-disposition", content_disposition(row.artifact_name)),)
+        )
+        async for body in http_bodies(path, row.artifact_name, CHUNK):
+            yield body
 
     async def DeleteModel(self, request: Any, context: Any) -> Any:
         from google.protobuf import empty_pb2

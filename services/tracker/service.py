@@ -14,7 +14,9 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 from service_kit import errors, owners, pagination, request_checks
 from service_kit.fanout import Fanout
+from service_kit.http_bodies import content_disposition, http_bodies
 from service_kit.interceptors import principal
+from service_kit.roles import service_roles
 from service_kit.streams import StreamCap
 
 from . import compare, wire
@@ -33,22 +35,7 @@ STATUS_ENUM = {v: k for k, v in STATUS.items()}
 EMPTY = empty_pb2.Empty()
 ARTIFACTS = "tracker_artifacts"  # the listing of ListArtifacts' page tokens
 
-METHOD_ROLES = {
-    f"/{SERVICE}/{m}": "viewer"
-    for m in (
-        "ListExperiments",
-        "GetExperiment",
-        "CompareExperiments",
-        "GetRun",
-        "GetMetricHistory",
-        "WatchRun",
-        "SearchRuns",
-        "CompareRuns",
-        "PlotMetrics",
-        "ListArtifacts",
-        "DownloadArtifact",
-    )
-}
+METHOD_ROLES = service_roles(SERVICE)  # declared in the protos
 
 
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -528,6 +515,14 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 )
                 offset += len(data)
         yield common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
+
+    async def DownloadArtifactFile(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        run = await self.store.runs.get(request.run_id, owners.scope())
+        path = clean_path(request.path)
+        target = self.artifacts.open(run.id, path)
+        await context.send_initial_metadata((("content-disposition", content_disposition(path)),))
+        async for body in http_bodies(target, path, CHUNK):
+            yield body
 
     async def DeleteArtifact(self, request: Any, context: Any) -> Any:
         run = await self.store.runs.get(request.run_id, owners.scope())

@@ -23,6 +23,7 @@ from service_kit import errors, job_messages, owners, pagination, request_checks
 from service_kit.heartbeat import list_workers
 from service_kit.interceptors import CREDENTIAL_HEADERS, principal
 from service_kit.jobs import JobRecord, JobStore
+from service_kit.roles import service_roles
 from service_kit.streams import StreamCap
 from service_kit.tasks import Sendable
 
@@ -46,19 +47,7 @@ BUILTINS = {
 MAX_TRIALS = 1000
 WORKERS = "trainer_workers"  # the listing of ListWorkers' page tokens
 
-METHOD_ROLES = {
-    f"/{SERVICE}/{m}": "viewer"
-    for m in (
-        "GetTrainingJob",
-        "ListTrainingJobs",
-        "WatchTrainingJob",
-        "ListDatasets",
-        "GetDataset",
-        "GetSearchJob",
-        "ListSearchJobs",
-        "WatchSearchJob",
-    )
-} | {f"/{SERVICE}/ListWorkers": "admin"}
+METHOD_ROLES = service_roles(SERVICE)  # declared in the protos
 
 
 def _bad(field: str, why: str) -> errors.InvalidArgument:

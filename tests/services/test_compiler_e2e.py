@@ -100,6 +100,11 @@ def test_compile_every_backend_then_hit_the_cache(stack: Stack) -> None:
         )
         assert not r.cached and r.model.total_params == 80 + 1352 * 32 + 32 + 330
         assert r.model.owner == "user-key" and r.model.network == "MNIST"
+        # the IR and the shapes are structured, not JSON inside strings
+        assert r.model.ir["networks"][0]["name"] == "MNIST" and "ir_version" in r.model.ir
+        assert r.model.shapes.total_params == r.model.total_params
+        assert list(r.model.shapes.output_shape) == [-1, 10]
+        assert list(r.model.shapes.layers[3].output_shape) == [-1, 32]  # HP chose 32 units
         if backend == compiler_pb2.BACKEND_ONNX:
             assert r.code == "" and r.model.artifact_name == "model.onnx"
         else:
@@ -119,6 +124,16 @@ def test_compile_every_backend_then_hit_the_cache(stack: Stack) -> None:
     data = b"".join(c.data for c in chunks)
     assert chunks[0].name == "model.onnx" and chunks[0].total_size == len(data)
     assert chunks[-1].sha256 == hashlib.sha256(data).hexdigest() == again.model.artifact_sha256
+    # and as HttpBody messages, which Envoy's transcoder turns into the file itself over REST
+    call = s.DownloadModelFile(
+        compiler_pb2.DownloadModelRequest(id=again.model.id), metadata=auth(stack)
+    )
+    bodies = list(call)
+    assert b"".join(b.data for b in bodies) == data
+    assert {b.content_type for b in bodies} == {"application/onnx"}
+    # Envoy passes this on as a header: `curl -OJ` names the file from it
+    disposition = dict(call.initial_metadata())["content-disposition"]
+    assert disposition.startswith('attachment; filename="model.onnx"')
     import onnx
 
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
@@ -127,7 +142,15 @@ def test_compile_every_backend_then_hit_the_cache(stack: Stack) -> None:
 def test_validate_reports_every_diagnostic_with_position(stack: Stack) -> None:
     s = stub(stack)
     ok = s.Validate(compiler_pb2.ValidateRequest(source=MNIST), metadata=auth(stack, "viewer"))
-    assert ok.valid and json.loads(ok.shapes_json["MNIST"])["output_shape"] == [None, 10]
+    assert ok.valid and list(ok.shapes["MNIST"].output_shape) == [-1, 10]
+    report = ok.shapes["MNIST"]
+    assert [(i.name, list(i.shape)) for i in report.inputs] == [("input", [-1, 28, 28, 1])]
+    assert [layer.type for layer in report.layers][:2] == ["Conv2D", "MaxPooling2D"]
+    assert report.layers[0].params == 80 and list(report.layers[0].output_shape) == [-1, 26, 26, 8]
+    # Dense's units are an HPO choice: its width and its parameters are not known yet
+    dense = report.layers[3]
+    assert list(dense.output_shape) == [-1, -1] and not dense.HasField("params")
+    assert not report.HasField("total_params")
     bad = s.Validate(
         compiler_pb2.ValidateRequest(
             source="network N {\n input: (4)\n layers:\n  Dense(-1)\n  Dropout(2)\n}"
@@ -418,6 +441,7 @@ ALL_METHODS = {
     "ListModels": compiler_pb2.ListModelsRequest,
     "GetModel": compiler_pb2.GetModelRequest,
     "DownloadModel": compiler_pb2.DownloadModelRequest,
+    "DownloadModelFile": compiler_pb2.DownloadModelRequest,
     "DeleteModel": compiler_pb2.DeleteModelRequest,
 }
 # With valid credentials, an empty request is the caller's mistake or an unknown id.
@@ -429,13 +453,15 @@ EMPTY_REQUEST = {
     "WatchCompileJob": "NOT_FOUND",
     "GetModel": "NOT_FOUND",
     "DownloadModel": "NOT_FOUND",
+    "DownloadModelFile": "NOT_FOUND",
     "DeleteModel": "NOT_FOUND",
 }
 
 
 def _call(stack: Stack, method: str, request: object, md: tuple) -> object:
     result = getattr(stub(stack), method)(request, metadata=md, timeout=30)
-    return list(result) if method in ("WatchCompileJob", "DownloadModel") else result
+    streams = ("WatchCompileJob", "DownloadModel", "DownloadModelFile")
+    return list(result) if method in streams else result
 
 
 def test_every_rpc_rejects_missing_and_wrong_credentials(stack: Stack) -> None:
@@ -475,6 +501,8 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     # a server of its own: this one is stopped, and no other test may depend on that
     name, url = asyncio.run(create_pg_database())
     own = make_stack(tmp_path, url, REDIS_DB)
+    # the drain waits for calls in flight up to the grace period: longer than any compile here
+    own.env["NEURAL_GRACE_SECONDS"] = "120"
     own.keys = {"admin": own.create_key("admin-key", "admin")}  # type: ignore[attr-defined]
     own.start_server()
     try:
@@ -490,7 +518,7 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
             timeout=120,
         )
         until(lambda: compiles_in_flight(own) == 1, 30, "the Compile call to be in flight")
-        assert own.stop("server") == 0
+        assert own.stop("server", timeout=150) == 0
         assert future.result().model.name == "in-flight"  # the in-flight call was drained
     finally:
         own.stop_all()

@@ -93,6 +93,7 @@ def test_every_domain_has_its_proto() -> None:
         "tracker",
         "deployer",
         "auth",
+        "options",  # the method options the platform reads (required_role)
     }
 
 
@@ -130,6 +131,86 @@ def test_every_rpc_has_a_valid_http_rule(descriptors: descriptor_pb2.FileDescrip
             problems.append(f"{name}: body {rule.body!r} is not a field of {m.input_type}")
         if rule.response_body and not _resolve(messages, m.output_type, rule.response_body):
             problems.append(f"{name}: response_body {rule.response_body!r} is not a field")
+    assert not problems, "\n".join(problems)
+
+
+def _all_messages(
+    fds: descriptor_pb2.FileDescriptorSet,
+) -> list[tuple[str, descriptor_pb2.DescriptorProto]]:
+    """Every message of neural.v1, nested ones (map entries included) too."""
+    found = []
+
+    def walk(prefix: str, m: descriptor_pb2.DescriptorProto) -> None:
+        found.append((f"{prefix}.{m.name}", m))
+        for nested in m.nested_type:
+            walk(f"{prefix}.{m.name}", nested)
+
+    for f in fds.file:
+        if f.package == "neural.v1":
+            for m in f.message_type:
+                walk(f.package, m)
+    return found
+
+
+def _json_text_fields(fds: descriptor_pb2.FileDescriptorSet) -> list[str]:
+    """Fields that would hand REST users JSON inside a string: `*_json` strings, or maps of
+    strings so named (a map's value is its entry message's `value` field)."""
+    found = []
+    messages = dict(_all_messages(fds))
+    for name, m in messages.items():
+        for f in m.field:
+            if not f.name.endswith("_json"):
+                continue
+            if f.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
+                found.append(f"{name}.{f.name}")
+            elif f.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE:
+                entry = messages.get(f.type_name.lstrip("."))
+                if entry is not None and entry.options.map_entry:
+                    value = next(v for v in entry.field if v.name == "value")
+                    if value.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
+                        found.append(f"{name}.{f.name}")
+    return found
+
+
+def test_no_field_carries_json_text(descriptors: descriptor_pb2.FileDescriptorSet) -> None:
+    assert _json_text_fields(descriptors) == []
+
+
+def test_the_json_text_check_catches_a_string_and_a_map() -> None:
+    proto = descriptor_pb2.FileDescriptorProto(name="x.proto", package="neural.v1")
+    m = proto.message_type.add(name="M")
+    m.field.add(name="ir_json", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING)
+    entry = m.nested_type.add(name="ShapesJsonEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING)
+    entry.field.add(name="value", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING)
+    m.field.add(
+        name="shapes_json",
+        number=2,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".neural.v1.M.ShapesJsonEntry",
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+    )
+    fds = descriptor_pb2.FileDescriptorSet(file=[proto])
+    assert _json_text_fields(fds) == ["neural.v1.M.ir_json", "neural.v1.M.shapes_json"]
+
+
+def test_streams_and_files_are_plain_gets(descriptors: descriptor_pb2.FileDescriptorSet) -> None:
+    """Watch* streams reach REST users as newline-delimited JSON and HttpBody downloads as
+    files: both are what `curl URL` reads, so both need a GET rule."""
+    methods = _methods(descriptors)
+    files = [n for n, m in methods if m.output_type == ".google.api.HttpBody"]
+    assert {n.rsplit("/", 1)[1] for n in files} >= {"DownloadModelFile", "DownloadArtifactFile"}
+    watches = [n for n, m in methods if n.rsplit("/", 1)[1].startswith("Watch")]
+    assert len(watches) >= 4
+    problems = []
+    for name, m in methods:
+        if name in files or name in watches:
+            if not m.server_streaming:
+                problems.append(f"{name}: not server-streaming")
+            rule = m.options.Extensions[annotations_pb2.http]
+            if rule.WhichOneof("pattern") != "get":
+                problems.append(f"{name}: {rule.WhichOneof('pattern')!r}, not a GET rule")
     assert not problems, "\n".join(problems)
 
 

@@ -14,6 +14,8 @@ from alembic.migration import MigrationContext
 from service_kit import auth, db
 from sqlalchemy import MetaData
 
+from gateway.authz import store as authz_store
+from gateway.authz import tables as authz_tables
 from services.compiler import app as compiler_app
 from services.compiler import tables as compiler_tables
 from services.tracker import app as tracker_app
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 OWNERS: dict[str, tuple[Path, str, MetaData]] = {
     "auth": (auth.MIGRATIONS, auth.VERSION_TABLE, auth.metadata),
+    "authz": (authz_store.MIGRATIONS, authz_store.VERSION_TABLE, authz_tables.metadata),
     "compiler": (compiler_app.MIGRATIONS, compiler_app.VERSION_TABLE, compiler_tables.metadata),
     "tracker": (tracker_app.MIGRATIONS, tracker_app.VERSION_TABLE, tracker_tables.metadata),
     "trainer": (trainer_app.MIGRATIONS, trainer_app.VERSION_TABLE, trainer_tables.metadata),

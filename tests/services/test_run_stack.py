@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
@@ -78,6 +79,12 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
             "NEURAL_TRAINER_PORT": str(free_port()),
             "NEURAL_TRAINER_METRICS_PORT": str(free_port()),
             "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
+            "NEURAL_AUTHZ_PORT": str(free_port()),
+            "NEURAL_AUTHZ_METRICS_PORT": str(free_port()),
+            "NEURAL_RATELIMIT_PORT": str(free_port()),
+            "NEURAL_RATELIMIT_METRICS_PORT": str(free_port()),
+            "NEURAL_GATEWAY_PORT": str(free_port()),
+            "NEURAL_GATEWAY_ADMIN_PORT": str(free_port()),
             "dramatiq_prom_port": str(free_port()),
             "PYTHONPATH": str(ROOT),
         }
@@ -116,6 +123,13 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
     out = Output(proc)
     try:
         out.wait_for("Ctrl-C stops everything")
+        # the gateway first: the one address outside clients need
+        gateway = f"127.0.0.1:{env['NEURAL_GATEWAY_PORT']}"
+        first = out.wait_for(r"Neural platform is running:\n").string
+        following = out.lines[out.lines.index(first) + 1]
+        assert following.startswith(f"  gateway    http://{gateway} "), out.text
+        docs = httpx.get(f"http://{gateway}/openapi.json", timeout=10)
+        assert docs.status_code == 200 and docs.json()["openapi"].startswith("3."), docs.text
         assert f"compiler   grpc 127.0.0.1:{port}" in out.text, out.text
         assert "sqlite: " in out.text
         described = json.loads((tmp_path / "stack.json").read_text())
@@ -201,6 +215,11 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
         stopped = re.findall(r"^stopped (\S+)$", out.text, re.M)
         # workers, then services, then Redis: nobody loses its broker while running
         assert stopped[-1] == "redis" and set(stopped[:2]) == {"trainer-worker", "compiler-worker"}
+        gateway_services = {
+            name
+            for name in ("authz", "ratelimit")
+            if (ROOT / "gateway" / name / "__main__.py").exists()
+        }
         assert set(stopped) == {
             "compiler",
             "tracker",
@@ -208,6 +227,8 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
             "trainer-worker",
             "compiler-worker",
             "redis",
+            "envoy",
+            *gateway_services,
         }
         logs = {p.name: p.read_text(errors="replace") for p in tmp_path.glob("*.log")}
         assert not [name for name, text in logs.items() if "CRITICAL" in text], logs

@@ -340,6 +340,30 @@ def test_artifacts_integrity_and_paths(stack: Stack) -> None:
             metadata=md(stack, "other"),
         ).__next__
     ) == (grpc.StatusCode.NOT_FOUND)
+    # the HttpBody variant (a file over REST through Envoy) carries the same bytes, typed by
+    # the path's extension, and answers another owner just as the chunked one does
+    call = t.DownloadArtifactFile(
+        tracker_pb2.DownloadArtifactRequest(run_id=run_id, path="model/weights.bin"),
+        metadata=md(stack),
+    )
+    bodies = list(call)
+    assert b"".join(b.data for b in bodies) == data
+    assert dict(call.initial_metadata())["content-disposition"].startswith(
+        'attachment; filename="weights.bin"'
+    )
+    assert bodies[0].content_type == "application/octet-stream"
+    assert code(
+        t.DownloadArtifactFile(
+            tracker_pb2.DownloadArtifactRequest(run_id=run_id, path="model/weights.bin"),
+            metadata=md(stack, "other"),
+        ).__next__
+    ) == (grpc.StatusCode.NOT_FOUND)
+    assert code(
+        t.DownloadArtifactFile(
+            tracker_pb2.DownloadArtifactRequest(run_id=run_id, path="model/missing.bin"),
+            metadata=md(stack),
+        ).__next__
+    ) == (grpc.StatusCode.NOT_FOUND)
     t.DeleteArtifact(
         tracker_pb2.DeleteArtifactRequest(run_id=run_id, path="model"), metadata=md(stack)
     )

@@ -59,9 +59,10 @@ def _digest(key: str) -> str:
 
 
 class AuthStore:
-    """API keys in the database, with a short cache so a hot key costs no query per call."""
+    """API keys in the database, with a short cache so a hot key costs no query per call;
+    short enough (1 s) that a revoked key stops working everywhere within a second."""
 
-    def __init__(self, engine: AsyncEngine, jwt_secret: str = "", cache_seconds: float = 30.0):
+    def __init__(self, engine: AsyncEngine, jwt_secret: str = "", cache_seconds: float = 1.0):
         self.engine = engine
         self.sessions = db.sessions(engine)
         self.jwt_secret = jwt_secret

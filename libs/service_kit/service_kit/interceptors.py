@@ -17,15 +17,18 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import errors, request_checks
-from .auth import AuthStore, Principal
+from .auth import Principal
+from .internal_token import HEADER as PRINCIPAL_HEADER
+from .internal_token import Verifier
 from .logs import request_id
 
 log = logging.getLogger("neural.rpc")
@@ -68,8 +71,15 @@ ALWAYS_PUBLIC = frozenset(
 
 
 # The request headers that carry a caller's credentials; a service calling another as the
-# caller forwards exactly these.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+# caller forwards exactly these (behind the gateway, the authz service's signed token).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", PRINCIPAL_HEADER)
+
+
+class CredentialCheck(Protocol):
+    """What checks an API key or token sent straight to a service: the kit's AuthStore, or
+    the authz service's own key store for its AuthService."""
+
+    async def verify(self, credential: str) -> Principal | None: ...
 
 
 def principal() -> Principal:
@@ -142,13 +152,17 @@ class Interceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         service: str,
-        auth: AuthStore | None,
+        auth: CredentialCheck | None,
         method_roles: dict[str, str],
         public: frozenset[str] = frozenset(),
         auth_disabled: bool = False,
+        tokens: Verifier | None = None,
     ) -> None:
         self.service = service
         self.auth = auth
+        # Checks the gateway's internal tokens; None when no public key is configured, and
+        # then any such token is refused.
+        self.tokens = tokens
         self.roles = method_roles
         self.public = ALWAYS_PUBLIC | public
         self.auth_disabled = auth_disabled
@@ -166,24 +180,24 @@ class Interceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method, meta),
-                handler.request_deserializer,
+                _lenient(handler.request_deserializer),
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary, method, meta, streamed=True),
-                handler.request_deserializer,
+                _lenient(handler.request_deserializer),
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(handler.unary_stream, method, meta),
-                handler.request_deserializer,
+                _lenient(handler.request_deserializer),
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             self._stream(handler.stream_stream, method, meta, streamed=True),
-            handler.request_deserializer,
+            _lenient(handler.request_deserializer),
             handler.response_serializer,
         )
 
@@ -198,6 +212,24 @@ class Interceptor(grpc.aio.ServerInterceptor):
         if self.auth_disabled:
             current_principal.set(Principal("anonymous", "admin"))
             return
+        if PRINCIPAL_HEADER in meta:
+            who = self._internal(str(meta[PRINCIPAL_HEADER]))
+        else:
+            who = await self._credential(meta)
+        need = self.roles.get(method, "user")
+        if not who.allows(need):
+            raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {need} role")
+        current_principal.set(who)
+
+    def _internal(self, token: str) -> Principal:
+        """The principal of the authz service's token: it alone counts when present, so a
+        forged one is refused rather than passed over for other credentials."""
+        who = self.tokens.verify(token.strip()) if self.tokens is not None else None
+        if who is None:
+            raise errors.Unauthenticated("invalid or expired internal token (x-neural-principal)")
+        return who
+
+    async def _credential(self, meta: dict[str, Any]) -> Principal:
         credential = ""
         header = str(meta.get("authorization", ""))
         if header.lower().startswith("bearer "):
@@ -212,10 +244,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
         who = await self.auth.verify(credential)
         if who is None:
             raise errors.Unauthenticated("invalid, expired or revoked credentials")
-        need = self.roles.get(method, "user")
-        if not who.allows(need):
-            raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {need} role")
-        current_principal.set(who)
+        return who
 
     def _to_status(self, exc: BaseException, method: str) -> grpc.Status:
         if isinstance(exc, errors.ServiceError):
@@ -313,16 +342,47 @@ class Interceptor(grpc.aio.ServerInterceptor):
         return call
 
 
+class Undecodable:
+    """A request message whose bytes do not parse (Envoy's transcoder can build such bytes
+    from JSON it should have refused, e.g. an object as a map<string, string> value): stands
+    in for the message so that the call fails as the caller's mistake, after authentication."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def problem(self, where: str = "") -> errors.InvalidArgument:
+        return errors.InvalidArgument(f"the request{where} is not a valid message: {self.error}")
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, answering Undecodable instead of raising: grpc would otherwise end
+    the call UNKNOWN (or INTERNAL), as if the service had failed."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return parse
+
+
 def _checked(request: Any, streamed: bool) -> tuple[Any, list[Any]]:
     """The request, checked now, or a stream whose messages are each checked as the handler
     reads them; and what the check built, for the caller to hold while the handler runs."""
     if not streamed:
+        if isinstance(request, Undecodable):
+            raise request.problem()
         return request, request_checks.check(request)
 
     async def each() -> AsyncIterator[Any]:
         n = 0
         async for message in request:
             n += 1
+            if isinstance(message, Undecodable):
+                raise message.problem(f" (message {n} of the stream)")
             _held = request_checks.check(message, f" (message {n} of the stream)")
             yield message
 

@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from . import logs, pagination
-from .auth import AuthStore
-from .interceptors import Interceptor
+from .interceptors import CredentialCheck, Interceptor
+from .internal_token import Verifier
 from .settings import Settings, load
 
 log = logging.getLogger("neural.server")
@@ -33,6 +33,12 @@ class ServiceSpec:
     public_methods: frozenset[str] = frozenset()
     # Each returns True when its dependency (database, Redis) answers.
     health_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
+    # Services described by reflection beyond those served (the authz server describes every
+    # neural.v1 service, for clients that list the gateway).
+    reflected: list[str] = field(default_factory=list)
+    # Checks the gateway's internal tokens; by default one built from
+    # NEURAL_AUTHZ_PUBLIC_KEY_FILE (the authz service brings its own, from its keypair).
+    tokens: Verifier | None = None
 
 
 def dependency_checks(engine: Any, redis_url: str) -> list[Callable[[], Awaitable[bool]]]:
@@ -72,7 +78,7 @@ async def _watch_health(
 async def serve(
     spec: ServiceSpec,
     settings: Settings,
-    auth: AuthStore | None,
+    auth: CredentialCheck | None,
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls for `grace_seconds`."""
@@ -81,10 +87,20 @@ async def serve(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    tokens = spec.tokens or (
+        Verifier.from_file(settings.authz_public_key_file)
+        if settings.authz_public_key_file
+        else None
+    )
     server = grpc.aio.server(
         interceptors=[
             Interceptor(
-                spec.name, auth, spec.method_roles, spec.public_methods, settings.auth_disabled
+                spec.name,
+                auth,
+                spec.method_roles,
+                spec.public_methods,
+                settings.auth_disabled,
+                tokens,
             )
         ],
         options=options,
@@ -96,7 +112,7 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        sorted({*names, *spec.reflected, health.SERVICE_NAME, reflection.SERVICE_NAME}), server
     )
     port = server.add_insecure_port(settings.address)
     if settings.metrics_port:

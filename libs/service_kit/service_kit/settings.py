@@ -16,6 +16,7 @@ DEFAULT_PORTS = {
     "tracker": 50053,
     "deployer": 50054,
     "authz": 50055,
+    "ratelimit": 50056,
 }
 
 
@@ -34,6 +35,15 @@ def _int(name: str, default: int, low: int = 0, high: int = 1 << 31) -> int:
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in ("0", "1"):
+        raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
+    return raw == "1"
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,16 @@ class Settings:
     max_dataset_values: int = 100_000_000  # samples x features of a synthetic dataset
     onnx_export_queue: int = 8  # ONNX compiles one compiler server holds (waiting, exporting)
     max_watches_per_principal: int = 20  # concurrent Watch* streams of one caller
+    # The authz service's Ed25519 keys (PEM): it signs the gateway's internal tokens with the
+    # private one; services check them with the public one. Empty: no internal tokens.
+    authz_private_key_file: str = ""
+    authz_public_key_file: str = ""
+    # The rate-limit service: its limits file ("" = gateway/ratelimit/limits.yaml), whether it
+    # admits calls while Redis is unreachable, and how long it waits for Redis (well inside
+    # Envoy's 0.25 s timeout for the whole decision).
+    ratelimit_config: str = ""
+    ratelimit_fail_open: bool = True
+    ratelimit_redis_timeout_ms: int = 100
 
     @property
     def address(self) -> str:
@@ -134,6 +154,11 @@ def load(service: str) -> Settings:
         max_dataset_values=_int("NEURAL_MAX_DATASET_VALUES", 100_000_000, 1, 10**12),
         onnx_export_queue=_int("NEURAL_ONNX_EXPORT_QUEUE", 8, 1, 10_000),
         max_watches_per_principal=_int("NEURAL_MAX_WATCHES_PER_PRINCIPAL", 20, 1, 100_000),
+        authz_private_key_file=env.get("NEURAL_AUTHZ_PRIVATE_KEY_FILE", ""),
+        authz_public_key_file=env.get("NEURAL_AUTHZ_PUBLIC_KEY_FILE", ""),
+        ratelimit_config=env.get("NEURAL_RATELIMIT_CONFIG", ""),
+        ratelimit_fail_open=_flag("NEURAL_RATELIMIT_FAIL_OPEN", True),
+        ratelimit_redis_timeout_ms=_int("NEURAL_RATELIMIT_REDIS_TIMEOUT_MS", 100, 1, 10_000),
     )
 
 

@@ -1,0 +1,305 @@
+"""The gateway's cost: the compiler's Validate through Envoy against straight to it, in one run.
+
+One compiler, the authz and rate-limit services and two Envoys (the configuration `make run`
+uses, rendered for this run's ports) run as their own processes on loopback. The same client
+calls Validate on a small program at concurrency 1 and 64:
+
+- straight to the compiler over gRPC (its own check of a `neural-keys` API key: the baseline);
+- through Envoy over gRPC, and over REST (`POST /v1/programs:validate`, JSON), each with
+  ext_authz and the global rate limit on, with an API key of the authz service's own (a
+  limits file whose limits no call here reaches, so every call is decided in Redis and
+  admitted; the compiler verifies the internal token authz signed);
+- the same two through a second Envoy whose chain lacks ext_authz and the rate limit (the
+  compiler then checks the `neural-keys` API key itself, as when called directly);
+- `GET /docs` from that second Envoy (a small page Envoy answers itself): the floor of the
+  REST client and Envoy's HTTP/1.1 alone, no service behind.
+
+Prints requests per second, p50 and p99 per path, each path's requests per second as a ratio
+to the direct path, and the p50 that ext_authz plus the rate limit add (with minus without).
+The clients are Python (grpc.aio, httpx) in one process on the same CPUs as everything else:
+on a small machine the REST rows are bound by httpx as much as by Envoy (see the floor).
+The compiler and authz use SQLite in a temporary folder; Redis is NEURAL_REDIS_URL, else
+127.0.0.1:6379 db 11.
+
+    .venv/bin/python bench/gateway.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import yaml
+from ports import free_port, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+# The gateway package lives at the repository root; first in the path, so that `gateway` is
+# that package and not this file (bench/ is the script's own folder, searched next).
+sys.path.insert(0, str(ROOT))
+
+SOURCE = 'network Small {\n  input: (16)\n  layers:\n    Dense(32, "relu")\n    Output(4)\n}\n'
+# Far above what this run sends: every call is counted in Redis and admitted.
+LIMITS = {
+    "domain": "neural",
+    "window_seconds": 1,
+    "roles": {"user": {"requests": 10_000_000}},
+    "default_role": "user",
+    "anonymous": {"requests": 10_000_000},
+}
+# The filters `bare` Envoy runs without.
+AUTH_AND_RATE_LIMIT = ("envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit")
+ROUNDS = 2  # each path's calls in rounds taken in turn, so a busy moment hits every path
+TARGETS = {"grpc": 0.8, "rest": 0.6, "added_p50_ms": 1.5}  # the issue's targets
+
+Call = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.wall
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        if q == 0.5:
+            return statistics.median(ordered) * 1e3
+        return ordered[max(0, int(len(ordered) * q) - 1)] * 1e3
+
+
+async def measure(call: Call, total: int, concurrency: int, result: Result) -> None:
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            t = time.perf_counter()
+            await call()
+            result.latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(total // concurrency) for _ in range(concurrency)))
+    result.wall += time.perf_counter() - started
+
+
+def envoy_config(tmp: Path, name: str, settings: dict[str, str], bare: bool) -> Path:
+    from gateway.render import render
+
+    config = yaml.safe_load(render("local", settings))
+    if bare:
+        manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        chain = manager["typed_config"]["http_filters"]
+        manager["typed_config"]["http_filters"] = [
+            f for f in chain if f["name"] not in AUTH_AND_RATE_LIMIT
+        ]
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_envoy(tmp: Path, name: str, upstreams: dict[str, int], bare: bool) -> tuple:
+    from gateway import proxy
+    from gateway.render import UPSTREAMS
+
+    port, admin = free_port(), free_port()
+    settings = {"NEURAL_GATEWAY_PORT": str(port), "NEURAL_GATEWAY_ADMIN_PORT": str(admin)}
+    for upstream in UPSTREAMS:  # one not started (trainer, ...) is a port nothing listens on
+        address = f"127.0.0.1:{upstreams.get(upstream) or free_port()}"
+        settings[f"NEURAL_{upstream.upper()}_ADDRESS"] = address
+    config = envoy_config(tmp, name, settings, bare)
+    # Its JSON access log is part of the configuration measured; written where no one reads it.
+    proc = subprocess.Popen(
+        proxy.command(config), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while not proxy.ready(admin):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"envoy ({name}) did not start; check with envoy --mode validate")
+        time.sleep(0.1)
+    return proc, port
+
+
+async def until_answered(call: Call, what: str, timeout: float = 60) -> None:
+    """The first calls may meet a cluster whose first health check has not yet passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await call()
+            return
+        except (grpc.RpcError, httpx.HTTPError, AssertionError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: no answer within {timeout} s") from None
+            await asyncio.sleep(0.2)
+
+
+async def run(requests: int, ports: dict[str, int], keys: dict[str, str]) -> None:
+    """`keys`: the compiler's own API key ("service") and one of the authz service's ("authz")."""
+    from neural.v1 import compiler_pb2, compiler_pb2_grpc
+
+    request = compiler_pb2.ValidateRequest(source=SOURCE)
+    body = json.dumps({"source": SOURCE}).encode()  # encoded once: the client's cost is HTTP's
+
+    def grpc_call(stub: compiler_pb2_grpc.CompilerServiceStub, key: str) -> Call:
+        metadata = (("authorization", f"Bearer {key}"),)
+
+        async def call() -> None:
+            reply = await stub.Validate(request, metadata=metadata, timeout=30)
+            assert reply.valid
+
+        return call
+
+    def rest_call(client: httpx.AsyncClient, key: str) -> Call:
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+
+        async def call() -> None:
+            r = await client.post("/v1/programs:validate", content=body, headers=headers)
+            assert r.status_code == 200, f"{r.status_code} {r.text}"
+
+        return call
+
+    def floor_call(client: httpx.AsyncClient) -> Call:
+        async def call() -> None:
+            r = await client.get("/docs")
+            assert r.status_code == 200, f"{r.status_code} {r.text[:200]}"
+
+        return call
+
+    pool = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['compiler']}") as direct,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['envoy']}") as envoy,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ports['bare']}") as bare,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['envoy']}", limits=pool) as rest,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['bare']}", limits=pool) as bare_rest,
+    ):
+        stub = compiler_pb2_grpc.CompilerServiceStub
+        paths = {
+            "direct gRPC": grpc_call(stub(direct), keys["service"]),
+            "Envoy gRPC": grpc_call(stub(envoy), keys["authz"]),
+            "Envoy REST": rest_call(rest, keys["authz"]),
+            "Envoy gRPC, no authz/rl": grpc_call(stub(bare), keys["service"]),
+            "Envoy REST, no authz/rl": rest_call(bare_rest, keys["service"]),
+            "REST floor (GET /docs)": floor_call(bare_rest),
+        }
+        for name, call in paths.items():
+            await until_answered(call, name)
+        # The rate limiter decided the gateway's calls, and not the bare gateway's.
+        json_type = {"content-type": "application/json"}
+        auth = {"authorization": f"Bearer {keys['authz']}", **json_type}
+        limited = await rest.post("/v1/programs:validate", content=body, headers=auth)
+        auth = {"authorization": f"Bearer {keys['service']}", **json_type}
+        unlimited = await bare_rest.post("/v1/programs:validate", content=body, headers=auth)
+        assert "x-ratelimit-remaining" in limited.headers, "the rate limit did not run"
+        assert "x-ratelimit-remaining" not in unlimited.headers, "the bare Envoy limited"
+
+        print(f"Validate, {requests} requests per path and concurrency, loopback, one client")
+        print(f"process, {os.cpu_count()} CPUs shared by the client, Envoy and the services")
+        print(
+            f"{'path':24s} {'conc':>4s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s}"
+            f" {'req/s vs direct':>16s}"
+        )
+        summary = []
+        for conc in (1, 64):
+            results = {name: Result() for name in paths}
+            for call in paths.values():  # warm up: connections open, caches filled
+                await asyncio.gather(*(call() for _ in range(min(conc, 64))))
+            for _ in range(ROUNDS):
+                for name, call in paths.items():
+                    await measure(call, requests // ROUNDS, conc, results[name])
+            base = results["direct gRPC"].rps
+            for name, r in results.items():
+                print(
+                    f"{name:24s} {conc:4d} {r.rps:8.0f} {r.percentile(0.5):7.2f}"
+                    f" {r.percentile(0.99):7.2f} {r.rps / base:15.2f}x"
+                )
+            summary.append((conc, results))
+        print()
+        for conc, results in summary:
+            base = results["direct gRPC"].rps
+            p50 = {name: r.percentile(0.5) for name, r in results.items()}
+            grpc_ratio = results["Envoy gRPC"].rps / base
+            rest_ratio = results["Envoy REST"].rps / base
+            added_grpc = p50["Envoy gRPC"] - p50["Envoy gRPC, no authz/rl"]
+            added_rest = p50["Envoy REST"] - p50["Envoy REST, no authz/rl"]
+            print(
+                f"concurrency {conc}: gRPC via Envoy / direct {grpc_ratio:.2f}x"
+                f" (target >= {TARGETS['grpc']}x), REST via Envoy / direct {rest_ratio:.2f}x"
+                f" (target >= {TARGETS['rest']}x)"
+            )
+            print(
+                f"  authz + rate limit add at p50: gRPC {added_grpc:+.2f} ms, REST"
+                f" {added_rest:+.2f} ms (target <= {TARGETS['added_p50_ms']} ms); Envoy with"
+                f" them adds {p50['Envoy gRPC'] - p50['direct gRPC']:+.2f} ms over direct gRPC"
+            )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=1000)
+    args = ap.parse_args()
+
+    from gateway.authz import keys
+
+    tmp = Path(tempfile.mkdtemp(prefix="neural-bench-gateway-"))
+    private, public = keys.generate(tmp / "keys")
+    limits = tmp / "limits.yaml"
+    limits.write_text(yaml.safe_dump(LIMITS))
+    ports = {name: free_port() for name in ("compiler", "authz", "ratelimit")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NEURAL_DATA_DIR": str(tmp),
+        "NEURAL_REDIS_URL": os.environ.get("NEURAL_REDIS_URL", "redis://127.0.0.1:6379/11"),
+        "NEURAL_LOG_LEVEL": "WARNING",
+        "NEURAL_AUTHZ_PRIVATE_KEY_FILE": str(private),
+        "NEURAL_AUTHZ_PUBLIC_KEY_FILE": str(public),
+        "NEURAL_RATELIMIT_CONFIG": str(limits),
+    }
+    env.pop("NEURAL_DATABASE_URL", None)
+    for name, port in ports.items():
+        env[f"NEURAL_{name.upper()}_PORT"] = str(port)
+        env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
+    made = {}
+    for name, module in (("service", "service_kit.keys"), ("authz", "gateway.authz.keys")):
+        created = subprocess.run(
+            [sys.executable, "-m", module, "create", "--name", f"bench-{name}", "--role", "user"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        made[name] = created.stdout.split("key:")[1].split()[0]
+    procs = []
+    try:
+        for module in ("services.compiler", "gateway.authz", "gateway.ratelimit"):
+            procs.append(subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT))
+        for port in ports.values():
+            wait_port(port)
+        envoy, envoy_port = start_envoy(tmp, "envoy", ports, bare=False)
+        procs.append(envoy)
+        bare, bare_port = start_envoy(tmp, "bare", ports, bare=True)
+        procs.append(bare)
+        asyncio.run(run(args.requests, {**ports, "envoy": envoy_port, "bare": bare_port}, made))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

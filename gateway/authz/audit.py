@@ -1,0 +1,136 @@
+"""The audit log: every authorization decision and key change (who, what, when, allowed or
+why not), queryable by admins.
+
+A Check must not wait for a database write, so events go to an in-memory queue that one task
+writes in batches, at most every BATCH_SECONDS (one commit per batch, not per decision);
+`flush` writes what is queued now (admins' queries, tests, the server's stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from service_kit import db
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .tables import audit_events
+
+log = logging.getLogger("neural.authz.audit")
+MAX_QUEUED = 100_000  # beyond this, events are dropped (and counted in the log), not held
+BATCH = 500
+BATCH_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: str
+    at: dt.datetime
+    subject: str
+    action: str
+    target: str
+    allowed: bool
+    reason: str
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class AuditLog:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sessions = db.sessions(engine)
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_QUEUED)
+        self._writer: asyncio.Task[None] | None = None
+        self._now = asyncio.Event()  # set by flush: write without waiting for the batch
+        self.dropped = 0
+
+    def record(
+        self, subject: str, action: str, allowed: bool, reason: str = "", target: str = ""
+    ) -> None:
+        event = {
+            "id": str(uuid.uuid4()),
+            "at": dt.datetime.now(dt.UTC),
+            "subject": _cut(subject, 200),
+            "action": _cut(action, 300),
+            "target": _cut(target, 200),
+            "allowed": allowed,
+            "reason": _cut(reason, 300),
+        }
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning(
+                    "audit queue full: events dropped", extra={"fields": {"n": self.dropped}}
+                )
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._now.wait(), BATCH_SECONDS)
+        while not self._queue.empty():
+            batch = [self._queue.get_nowait() for _ in range(min(BATCH, self._queue.qsize()))]
+            try:
+                async with db.transaction(self.sessions) as s:
+                    await s.execute(audit_events.insert(), batch)
+            except Exception:
+                log.exception("audit events could not be written (%d lost)", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def flush(self) -> None:
+        self._now.set()
+        try:
+            await self._queue.join()
+        finally:
+            self._now.clear()
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def list(
+        self, subject: str | None, limit: int, before: tuple[dt.datetime, str] | None = None
+    ) -> list[AuditEvent]:
+        """Newest first, one subject's only unless None, older than a page cursor."""
+        query = (
+            select(audit_events)
+            .order_by(audit_events.c.at.desc(), audit_events.c.id.desc())
+            .limit(limit)
+        )
+        if subject is not None:
+            query = query.where(audit_events.c.subject == subject)
+        if before is not None:
+            at, last = before
+            query = query.where(
+                or_(
+                    audit_events.c.at < at,
+                    and_(audit_events.c.at == at, audit_events.c.id < last),
+                )
+            )
+        async with self.sessions() as s:
+            rows = (await s.execute(query)).all()
+        return [
+            AuditEvent(
+                r.id,
+                r.at if r.at.tzinfo else r.at.replace(tzinfo=dt.UTC),
+                r.subject,
+                r.action,
+                r.target,
+                r.allowed,
+                r.reason,
+            )
+            for r in rows
+        ]

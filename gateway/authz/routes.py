@@ -1,0 +1,89 @@
+"""Which RPC a request through Envoy asks for, and the role it needs, from the protos.
+
+A gRPC request names its RPC in the path (`/neural.v1.CompilerService/Validate`); a REST one
+matches one of the RPCs' google.api.http rules (`POST /v1/programs:validate`). Both lead to
+the same gRPC path, whose `(neural.v1.required_role)` says who may call it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pool
+from service_kit.interceptors import ALWAYS_PUBLIC
+from service_kit.roles import load_all, service_roles
+
+VERBS = ("get", "put", "post", "delete", "patch")
+
+
+@dataclass(frozen=True)
+class Route:
+    rpc: str  # the gRPC path
+    role: str  # "" when public
+
+
+def _segment(pattern: str) -> str:
+    """A path template's segment pattern (google/api/http.proto) as a regular expression."""
+    if pattern == "**":
+        return ".+"
+    if pattern == "*":
+        return "[^/]+"
+    return re.escape(pattern)
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """`/v1/runs/{run_id}/artifacts/{path=**}:download` -> a regex matching such paths."""
+    out = []
+    pos = 0
+    for m in re.finditer(r"\{[a-zA-Z_][\w.]*(?:=([^{}]+))?\}", template):
+        out.append(_literal(template[pos : m.start()]))
+        inner = m.group(1)
+        out.append("/".join(_segment(p) for p in inner.split("/")) if inner else "[^/:]+")
+        pos = m.end()
+    out.append(_literal(template[pos:]))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def _literal(text: str) -> str:
+    return "/".join(_segment(p) if p in ("*", "**") else re.escape(p) for p in text.split("/"))
+
+
+class Routes:
+    """Every neural.v1 RPC: by gRPC path, and by REST method and path."""
+
+    def __init__(self) -> None:
+        # Health and reflection are public everywhere (Envoy skips ext_authz for them too).
+        self.by_rpc: dict[str, Route] = {path: Route(path, "") for path in ALWAYS_PUBLIC}
+        self.rest: list[tuple[str, re.Pattern[str], Route]] = []
+        pool = descriptor_pool.Default()
+        for service in load_all():
+            roles = service_roles(service)
+            for method in pool.FindServiceByName(service).methods:
+                path = f"/{service}/{method.name}"
+                route = Route(path, roles.get(path, ""))
+                self.by_rpc[path] = route
+                rule = method.GetOptions().Extensions[annotations_pb2.http]
+                for binding in [rule, *rule.additional_bindings]:
+                    self._add(binding, route)
+
+    def _add(self, rule: http_pb2.HttpRule, route: Route) -> None:
+        kind = rule.WhichOneof("pattern")
+        if kind is None:
+            return
+        if kind == "custom":
+            verb, template = rule.custom.kind.upper(), rule.custom.path
+        else:
+            verb, template = kind.upper(), getattr(rule, kind)
+        self.rest.append((verb, template_regex(template), route))
+
+    def find(self, method: str, path: str) -> Route | None:
+        """The RPC an HTTP request asks for (gRPC or REST), or None when it names none."""
+        path = path.split("?", 1)[0]
+        hit = self.by_rpc.get(path)
+        if hit is not None:
+            return hit
+        for verb, regex, route in self.rest:
+            if verb == method.upper() and regex.match(path):
+                return route
+        return None

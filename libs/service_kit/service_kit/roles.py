@@ -1,0 +1,68 @@
+"""The role each RPC needs, read from the protos' `(neural.v1.required_role)` method option.
+
+The protos are the one place roles are declared: the services' interceptor and the authz
+service both read them here, from the descriptors the generated stubs register, so there is
+no second table to keep in step. An RPC without the option is public.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
+from neural.v1 import options_pb2
+
+ROLES = ("viewer", "user", "admin")  # each includes the ones before it
+PACKAGE = "neural.v1"
+
+
+def _service(name: str) -> ServiceDescriptor:
+    try:
+        return descriptor_pool.Default().FindServiceByName(name)
+    except KeyError:
+        raise LookupError(f"no service {name} among the loaded protos") from None
+
+
+def _declared(service: ServiceDescriptor) -> dict[str, str]:
+    """gRPC path -> declared role ("" for public) of every RPC of the service."""
+    table = {}
+    for method in service.methods:
+        role = method.GetOptions().Extensions[options_pb2.required_role]
+        if role and role not in ROLES:
+            # A typo in a proto must stop the server, not quietly make an RPC public.
+            raise ValueError(f"{method.full_name}: required_role {role!r} is not one of {ROLES}")
+        table[f"/{service.full_name}/{method.name}"] = role
+    return table
+
+
+@cache
+def service_roles(name: str) -> dict[str, str]:
+    """gRPC path ("/neural.v1.X/Method") -> role, for each RPC of service `name` that needs one.
+
+    The service's generated module must be imported first (its servicer's module does)."""
+    return {path: role for path, role in _declared(_service(name)).items() if role}
+
+
+@cache
+def public_methods(name: str) -> frozenset[str]:
+    """The gRPC paths of service `name` that declare no role: callable without credentials."""
+    return frozenset(path for path, role in _declared(_service(name)).items() if not role)
+
+
+def load_all() -> list[str]:
+    """Import every generated module of neural.v1 and return the full names of its services:
+    for a server that answers for all of them (the authz service, reflection)."""
+    import neural.v1 as package
+
+    names = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"{PACKAGE}.{info.name}")
+            names.extend(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
+    return sorted(names)
+
+
+__all__ = ["ROLES", "load_all", "public_methods", "service_roles"]
