@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.services.conftest import free_port
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -44,18 +44,6 @@ def _excluded_tags() -> list[str]:
 SERVICES = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[dict[str, str]]:
     """`make run`'s stack (scripts/run_stack.py) on free ports in a folder of its own."""
@@ -70,17 +58,17 @@ def stack() -> Iterator[dict[str, str]]:
             **os.environ,
             "NEURAL_RATELIMIT_CONFIG": str(limits_file),
             "NEURAL_DATA_DIR": tmp,
-            "NEURAL_LOCAL_REDIS_PORT": str(_free_port()),
-            "NEURAL_GATEWAY_PORT": str(_free_port()),
-            "NEURAL_GATEWAY_ADMIN_PORT": str(_free_port()),
-            "dramatiq_prom_port": str(_free_port()),
+            "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
+            "NEURAL_GATEWAY_PORT": str(free_port()),
+            "NEURAL_GATEWAY_ADMIN_PORT": str(free_port()),
+            "dramatiq_prom_port": str(free_port()),
             "TMPDIR": tmp,
         }
         env.pop("NEURAL_REDIS_URL", None)
         env.pop("NEURAL_DATABASE_URL", None)
         for name in SERVICES:
-            env[f"NEURAL_{name.upper()}_PORT"] = str(_free_port())
-            env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(_free_port())
+            env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
+            env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
             env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
@@ -174,8 +162,6 @@ def test_every_operation_conforms_through_the_gateway(
     stack: dict[str, str], tmp_path: Path
 ) -> None:
     port = int(stack["NEURAL_GATEWAY_PORT"])
-    if not _listening(port):
-        pytest.skip("`make run` does not start the gateway (Envoy) yet")
     base = f"http://127.0.0.1:{port}"
     until(
         lambda: httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200,
