@@ -64,6 +64,7 @@ bench: setup
 	$(PY) bench/dsl_parse.py
 	$(PY) bench/codegen.py
 	$(PY) bench/grpc_overhead.py
+	$(PY) bench/gateway.py
 	$(PY) bench/tracker_ingest.py
 	$(PY) bench/training_overhead.py
 

@@ -18,6 +18,8 @@ Prints requests per second, p50 and p99 per path, each path's requests per secon
 to the direct path, and the p50 that ext_authz plus the rate limit add (with minus without).
 The clients are Python (grpc.aio, httpx) in one process on the same CPUs as everything else:
 on a small machine the REST rows are bound by httpx as much as by Envoy (see the floor).
+Last, how the gateway's calls were decided (Envoy's ext_authz and ratelimit counters, the
+rate-limit service's own): a decision that timed out or failed open was not measured.
 The compiler and authz use SQLite in a temporary folder; Redis is NEURAL_REDIS_URL, else
 127.0.0.1:6379 db 11.
 
@@ -30,11 +32,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +113,10 @@ def envoy_config(tmp: Path, name: str, settings: dict[str, str], bare: bool) -> 
     return path
 
 
-def start_envoy(tmp: Path, name: str, upstreams: dict[str, int], bare: bool) -> tuple:
+def start_envoy(
+    tmp: Path, name: str, upstreams: dict[str, int], bare: bool
+) -> tuple[subprocess.Popen, int, int]:
+    """Envoy on `name`'s configuration: (process, port, admin port)."""
     from gateway import proxy
     from gateway.render import UPSTREAMS
 
@@ -128,7 +135,32 @@ def start_envoy(tmp: Path, name: str, upstreams: dict[str, int], bare: bool) -> 
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"envoy ({name}) did not start; check with envoy --mode validate")
         time.sleep(0.1)
-    return proc, port
+    return proc, port, admin
+
+
+def decisions(admin: int, metrics: int) -> str:
+    """The gateway's decisions by outcome: Envoy's (ext_authz: ok, denied, error; ratelimit:
+    ok, over_limit, error, failure_mode_allowed) and the rate-limit service's (admitted,
+    failed_open, ...)."""
+    counted: dict[str, int] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            name, _, value = line.partition(": ")
+            found = re.fullmatch(r"http\.gateway\.ext_authz\.(\w+)", name) or re.fullmatch(
+                r"cluster\.\w+\.ratelimit\.(\w+)", name
+            )
+            if found and value.isdigit() and int(value):
+                key = f"{name.split('.')[-2]} {found.group(1)}"
+                counted[key] = counted.get(key, 0) + int(value)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
+        for found in re.finditer(
+            r'^neural_ratelimit_decisions_total\{outcome="(\w+)"\} ([0-9.e+]+)$',
+            r.read().decode(),
+            re.MULTILINE,
+        ):
+            if float(found.group(2)):
+                counted[f"rate-limit service {found.group(1)}"] = int(float(found.group(2)))
+    return ", ".join(f"{key} {n}" for key, n in sorted(counted.items()))
 
 
 async def until_answered(call: Call, what: str, timeout: float = 60) -> None:
@@ -284,15 +316,27 @@ def main() -> int:
         made[name] = created.stdout.split("key:")[1].split()[0]
     procs = []
     try:
-        for module in ("services.compiler", "gateway.authz", "gateway.ratelimit"):
-            procs.append(subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT))
+        for name in ports:
+            module = f"services.{name}" if name == "compiler" else f"gateway.{name}"
+            with open(tmp / f"{name}.log", "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", module],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         for port in ports.values():
             wait_port(port)
-        envoy, envoy_port = start_envoy(tmp, "envoy", ports, bare=False)
+        envoy, envoy_port, envoy_admin = start_envoy(tmp, "envoy", ports, bare=False)
         procs.append(envoy)
-        bare, bare_port = start_envoy(tmp, "bare", ports, bare=True)
+        bare, bare_port, _ = start_envoy(tmp, "bare", ports, bare=True)
         procs.append(bare)
         asyncio.run(run(args.requests, {**ports, "envoy": envoy_port, "bare": bare_port}, made))
+        print(f"decisions: {decisions(envoy_admin, int(env['NEURAL_RATELIMIT_METRICS_PORT']))}")
+        print(f"services' logs: {tmp}")
     finally:
         for p in procs:
             p.terminate()
