@@ -41,7 +41,12 @@ HTTP_RULE_EXTENSION = "google.api.http"
 REQUIRED_ROLE_EXTENSION = "neural.v1.required_role"
 HTTP_BODY = "google.api.HttpBody"
 STATUS_SCHEMA = "google.rpc.Status"
-NDJSON = "application/x-ndjson"
+# What Envoy's transcoder labels a server stream (newline-delimited JSON: one message per line,
+# `stream_newline_delimited`): it sets application/json on every stream that is not
+# google.api.HttpBody (text/event-stream only with SSE framing) and has no setting for another
+# type, so the document says application/json, the type clients really get, not
+# application/x-ndjson.
+STREAM_CONTENT_TYPE = "application/json"
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 SECURITY = [{"bearerAuth": []}, {"apiKeyHeader": []}]
 
@@ -141,10 +146,9 @@ _ERROR_RESPONSES = {
     "403": "PERMISSION_DENIED: the caller's role or key scope does not allow this call.",
     "404": "NOT_FOUND: no such resource.",
     "409": "ALREADY_EXISTS or ABORTED.",
-    "413": "The request body is over the gateway's limit.",
-    "429": "Over the rate limit (the gateway's limiter answers with an empty body and the "
-    "`x-ratelimit-*` and `retry-after` headers), or RESOURCE_EXHAUSTED from a service "
-    "(a google.rpc.Status).",
+    "413": "The request body is over the gateway's limit (RESOURCE_EXHAUSTED).",
+    "429": "Over the rate limit (RESOURCE_EXHAUSTED; the gateway's limiter adds the "
+    "`x-ratelimit-*` and `retry-after` headers), or RESOURCE_EXHAUSTED from a service.",
     "503": "UNAVAILABLE: the service cannot be reached; retrying later may succeed.",
 }
 
@@ -493,15 +497,13 @@ def _status_schemas(builder: SchemaBuilder) -> None:
 
 
 def _error_response(builder: SchemaBuilder, description: str) -> dict[str, Any]:
-    """A service's error is a google.rpc.Status in JSON; what the gateway answers itself (a body
-    the transcoder cannot parse, an upstream it cannot reach, an oversized request, the local
-    rate-limit backstop) is a line of plain text."""
+    """Every error is a google.rpc.Status in JSON: a service's (through `convert_grpc_status`),
+    the authz service's denials, and what the gateway answers itself (a body the transcoder
+    cannot parse, an unknown path, an upstream it cannot reach, an oversized request, a rate
+    limit), which gateway/envoy.yaml's `local_reply_config` writes as one."""
     return {
         "description": description,
-        "content": {
-            "application/json": {"schema": builder.ref(STATUS_SCHEMA)},
-            "text/plain": {"schema": {"type": "string"}},
-        },
+        "content": {"application/json": {"schema": builder.ref(STATUS_SCHEMA)}},
     }
 
 
@@ -525,9 +527,9 @@ def _responses(
         if streaming:
             ok = {
                 "description": f"A stream of {output.name} messages as newline-delimited JSON: "
-                "one JSON object per line, each written as it happens (the gateway labels the "
-                "body application/json).",
-                "content": {NDJSON: {"schema": schema}},
+                "one JSON object per line, each written as it happens (labelled "
+                "application/json, as the gateway sends it).",
+                "content": {STREAM_CONTENT_TYPE: {"schema": schema}},
             }
         else:
             ok = {
@@ -691,8 +693,6 @@ def build_document(descriptor_set: Path = DEFAULT_DESCRIPTOR_SET) -> dict[str, A
         for status, description in _ERROR_RESPONSES.items()
     }
     error_responses["Error"] = _error_response(builder, "Any other failure.")
-    # The rate limiter's 429 has no body, so no one media type describes every 429.
-    del error_responses["Error429"]["content"]
     error_responses["Error429"]["headers"] = _RATE_LIMIT_HEADERS
     return {
         "openapi": OPENAPI_VERSION,

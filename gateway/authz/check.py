@@ -147,7 +147,8 @@ class Authorizer:
             self.audit.record(
                 outcome.subject, action, False, outcome.message, target=outcome.key_id
             )
-            return _denied(outcome)
+            grpc = headers.get("content-type", "").startswith("application/grpc")
+            return _denied(outcome, grpc)
         if outcome is None:
             return _allowed(None, "")
         self.audit.record(outcome.subject, action, True, target=outcome.key_id)
@@ -170,18 +171,20 @@ def _allowed(principal: Principal | None, token: str) -> external_auth_pb2.Check
     )
 
 
-def _denied(denial: Denial) -> external_auth_pb2.CheckResponse:
-    # A google.rpc.Status, like every other REST error (the transcoder's convert_grpc_status):
-    # the numeric code, so one error schema in /openapi.json fits all of them.
-    body = json.dumps({"code": denial.grpc, "message": denial.message})
+def _denied(denial: Denial, grpc: bool = False) -> external_auth_pb2.CheckResponse:
+    # REST: a google.rpc.Status, like every other REST error (the transcoder's
+    # convert_grpc_status), with the numeric code, so one error schema in /openapi.json fits all
+    # of them. gRPC: Envoy turns the body into grpc-message, so the plain message.
+    body = denial.message if grpc else json.dumps({"code": denial.grpc, "message": denial.message})
     response = external_auth_pb2.DeniedHttpResponse(
         status=http_status_pb2.HttpStatus(code=denial.http),  # type: ignore[arg-type]
         body=body,
     )
-    response.headers.add(
-        header=base_pb2.HeaderValue(key="content-type", value="application/json"),
-        append_action=OVERWRITE,
-    )
+    if not grpc:
+        response.headers.add(
+            header=base_pb2.HeaderValue(key="content-type", value="application/json"),
+            append_action=OVERWRITE,
+        )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=denial.grpc, message=denial.message),
         denied_response=response,

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neural.v1 import compiler_pb2, compiler_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 
 from tests.gateway.harness import Platform, start_platform
+from tests.gateway.rest_errors import gateway_grpc_reply, status_body
 
 pytestmark = pytest.mark.e2e
 
@@ -79,10 +80,32 @@ def test_rest_errors_carry_the_http_status_and_details(platform: Platform) -> No
     # a service that is not running (the deployer, not built yet) is unavailable, not an error
     down = httpx.get(f"{url}/v1/deployments", headers=platform.headers(), timeout=30)
     assert down.status_code == 503, down.text
+    status_body(down, grpc.StatusCode.UNAVAILABLE)  # Envoy's own answer, as a Status too
 
     for headers in ({}, {"x-api-key": "nk_not-a-real-key"}):
         denied = httpx.get(f"{url}/v1/models", headers=headers, timeout=30)
         assert denied.status_code == 401, denied.text
+        # the authz service's Status, as it sent it (not wrapped in another one)
+        message = status_body(denied, grpc.StatusCode.UNAUTHENTICATED)["message"]
+        assert "credentials" in message and "{" not in message
+
+    unknown = httpx.get(f"{url}/v1/no-such-collection", headers=platform.headers(), timeout=30)
+    assert unknown.status_code == 404, unknown.text
+    message = status_body(unknown, grpc.StatusCode.NOT_FOUND)["message"]
+    assert "/v1/no-such-collection" in message and "{" not in message
+
+
+def test_an_unknown_grpc_method_is_unimplemented(platform: Platform) -> None:
+    """The REST error bodies leave gRPC alone: an RPC no service has (refused at the door by
+    the authz service, which knows every RPC) is still UNIMPLEMENTED, answered trailers-only
+    by Envoy itself."""
+    with grpc.insecure_channel(platform.gateway.address) as channel:
+        for method in ("/neural.v1.CompilerService/NoSuchMethod", "/some.Unknown/Method"):
+            call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"", metadata=platform.metadata(), timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, info.value
+            assert dict(info.value.trailing_metadata() or ()).get("server") == "envoy"
 
 
 def test_rest_compile_then_get_the_model(platform: Platform) -> None:
@@ -117,7 +140,10 @@ def test_grpc_through_the_gateway_for_every_service(platform: Platform) -> None:
         )
         with pytest.raises(grpc.RpcError) as info:
             compiler.Validate(compiler_pb2.ValidateRequest(source=SOURCE), timeout=30)
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the authz service's denial, told to a gRPC client as a plain message, not JSON
+        assert "missing credentials" in gateway_grpc_reply(
+            info.value, grpc.StatusCode.UNAUTHENTICATED
+        )
         # a viewer may read but not write: the role each RPC needs, checked at the door
         with pytest.raises(grpc.RpcError) as info:
             tracker.CreateExperiment(

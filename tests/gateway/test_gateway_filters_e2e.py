@@ -14,6 +14,7 @@ import pytest
 
 from tests.gateway.harness import Gateway, start_gateway
 from tests.gateway.recorder import Recorder
+from tests.gateway.rest_errors import gateway_grpc_reply, status_body
 
 pytestmark = pytest.mark.e2e
 
@@ -89,11 +90,28 @@ def test_reads_are_retried_on_unavailable_and_writes_are_not(
 
 
 def test_unknown_paths_are_404_and_unimplemented(gateway: Gateway) -> None:
-    r = httpx.get(f"{gateway.url}/v1/no-such-collection", timeout=10)
-    assert r.status_code == 404
+    for path in ("/v1/no-such-collection", "/no-such-thing"):
+        r = httpx.get(f"{gateway.url}{path}", timeout=10)
+        assert r.status_code == 404
+        assert path in status_body(r, grpc.StatusCode.NOT_FOUND)["message"]
     with grpc.insecure_channel(gateway.address) as channel, pytest.raises(grpc.RpcError) as info:
         raw(channel, "/some.Unknown/Method")(b"", timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert gateway_grpc_reply(info.value, grpc.StatusCode.UNIMPLEMENTED) == "no such path"
+
+
+def test_a_rest_body_that_is_not_json_is_400_with_a_status(
+    gateway: Gateway, recorder: Recorder
+) -> None:
+    before = len(recorder.calls_to(VALIDATE))
+    r = httpx.post(
+        f"{gateway.url}/v1/programs:validate",
+        content=b'{"source": ',
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    status_body(r, grpc.StatusCode.INVALID_ARGUMENT)  # the transcoder's words, as JSON
+    assert len(recorder.calls_to(VALIDATE)) == before
 
 
 def test_a_rest_body_over_the_limit_is_413(gateway: Gateway, recorder: Recorder) -> None:
@@ -106,6 +124,7 @@ def test_a_rest_body_over_the_limit_is_413(gateway: Gateway, recorder: Recorder)
         timeout=30,
     )
     assert r.status_code == 413
+    status_body(r, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert len(recorder.calls_to(VALIDATE)) == before
 
 
@@ -174,9 +193,11 @@ def test_authz_down_or_slow_is_no_entry(tmp_path: Path) -> None:
             r = httpx.post(f"{g.url}/v1/programs:validate", json={"source": ""}, timeout=10)
             assert r.status_code == 503, r.text
             assert time.monotonic() - started < 2.5
+            message = status_body(r, grpc.StatusCode.UNAVAILABLE)["message"]
+            assert "authorization service" in message
             with grpc.insecure_channel(g.address) as ch, pytest.raises(grpc.RpcError) as info:
                 raw(ch, VALIDATE)(b"", timeout=10)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            gateway_grpc_reply(info.value, grpc.StatusCode.UNAVAILABLE)
             assert httpx.get(f"{g.url}/openapi.json", timeout=10).status_code == 200
         assert service.calls_to(VALIDATE) == []
         assert len(slow.checks) == 2
@@ -185,3 +206,25 @@ def test_authz_down_or_slow_is_no_entry(tmp_path: Path) -> None:
         late.stop()
         service.stop()
         slow.stop()
+
+
+def test_rate_limit_service_down_failing_closed_is_unavailable(tmp_path: Path) -> None:
+    """With NEURAL_RATELIMIT_FAIL_OPEN=0 a decision the rate-limit service cannot make is no
+    entry: 503 with a Status for REST, UNAVAILABLE for gRPC; the service is never called."""
+    service = Recorder().start()
+    closed = start_gateway(
+        tmp_path,
+        {"compiler": service.address, "authz": service.address},
+        {"NEURAL_RATELIMIT_FAIL_OPEN": "0"},
+    )
+    try:
+        r = httpx.post(f"{closed.url}/v1/programs:validate", json={"source": ""}, timeout=10)
+        assert r.status_code == 503, r.text
+        assert "rate-limit service" in status_body(r, grpc.StatusCode.UNAVAILABLE)["message"]
+        with grpc.insecure_channel(closed.address) as ch, pytest.raises(grpc.RpcError) as info:
+            raw(ch, VALIDATE)(b"", timeout=10)
+        gateway_grpc_reply(info.value, grpc.StatusCode.UNAVAILABLE)
+        assert service.calls_to(VALIDATE) == []
+    finally:
+        closed.stop()
+        service.stop()

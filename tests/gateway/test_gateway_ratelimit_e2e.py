@@ -17,6 +17,7 @@ import yaml
 from neural.v1 import compiler_pb2, compiler_pb2_grpc
 
 from tests.gateway.harness import Platform, start_platform
+from tests.gateway.rest_errors import gateway_grpc_reply, status_body
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +53,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     limits.write_text(yaml.safe_dump(LIMITS))
     env = {
         "NEURAL_RATELIMIT_CONFIG": str(limits),
-        # Closed: a decision that fails is a 500 here, never a call admitted uncounted.
+        # Closed: a decision that fails is a 503 here, never a call admitted uncounted.
         "NEURAL_RATELIMIT_FAIL_OPEN": "0",
         # A busy test machine must not turn a slow Redis answer into a failed decision.
         "NEURAL_RATELIMIT_REDIS_TIMEOUT_MS": "5000",
@@ -84,6 +85,8 @@ def test_the_call_over_the_limit_is_429_with_the_rate_limit_headers(platform: Pl
     refused = answers[-1]
     assert 1 <= int(refused.headers["x-ratelimit-reset"]) <= WINDOW
     assert 1 <= int(refused.headers["retry-after"]) <= WINDOW
+    # a google.rpc.Status, as every REST error (the limiter itself sends no body)
+    assert "rate limit" in status_body(refused, grpc.StatusCode.RESOURCE_EXHAUSTED)["message"]
 
 
 def test_the_call_over_the_limit_is_resource_exhausted_over_grpc(platform: Platform) -> None:
@@ -99,7 +102,7 @@ def test_the_call_over_the_limit_is_resource_exhausted_over_grpc(platform: Platf
         with pytest.raises(grpc.RpcError) as info:
             stub.Validate(request, metadata=platform.metadata("grpc"), timeout=30)
         assert time.monotonic() - started < WINDOW, "the calls did not fit in one window"
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+    gateway_grpc_reply(info.value, grpc.StatusCode.RESOURCE_EXHAUSTED)
     # a refusal answers at once, in trailers only: the headers travel there
     refused = dict(info.value.trailing_metadata() or ())
     assert refused["x-ratelimit-remaining"] == "0"
