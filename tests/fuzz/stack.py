@@ -1,10 +1,12 @@
-"""The servers the RPC fuzz test calls: tracker, compiler and trainer as real processes on one
-database and a Redis of their own, no workers (queued jobs stay queued), callers with real
-signed tokens, and a few real records whose ids and names the generated requests can use."""
+"""The servers the RPC fuzz test calls: tracker, compiler, trainer and the authz service as
+real processes on one database and a Redis of their own, no workers (queued jobs stay queued),
+callers with real signed tokens, and a few real records whose ids and names the generated
+requests can use."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 import grpc
 import jwt
 from neural.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     common_pb2,
     compiler_pb2,
     compiler_pb2_grpc,
@@ -21,10 +25,16 @@ from neural.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
+from service_kit.auth import Principal
+from service_kit.internal_token import Signer, load_private_key
 
+from gateway.authz import keys
+from gateway.authz.app import API_AUDIENCE, API_TOKEN_SECONDS
+from tests.services.conftest import free_port
 from tests.services.trainer_stack import TrainerStack, make_trainer_stack
 
-SERVERS = ("tracker", "compiler", "trainer")
+SERVICES = ("tracker", "compiler", "trainer")
+SERVERS = (*SERVICES, "authz")  # what the fuzz test starts and calls
 ROLES = ("admin", "user", "viewer")
 
 PROGRAM = """
@@ -52,12 +62,22 @@ network Tuned {
 CSV = b"a,b,label\n" + b"".join(f"{i / 10},{i % 3},{i % 2}\n".encode() for i in range(40))
 
 
-def start(tmp: Path, database_url: str) -> TrainerStack:
+def start(tmp: Path, database_url: str, servers: tuple[str, ...] = SERVICES) -> TrainerStack:
     stack = make_trainer_stack(tmp, database_url)
-    stack.env["NEURAL_DATABASE_URL"] = database_url
+    env = stack.env
+    env["NEURAL_DATABASE_URL"] = database_url
+    private, public = keys.generate(tmp / "authz-keys")
+    env["NEURAL_AUTHZ_PRIVATE_KEY_FILE"] = str(private)
+    env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"] = str(public)
+    stack.ports["authz"] = free_port()
+    env["NEURAL_AUTHZ_PORT"] = str(stack.ports["authz"])
+    env["NEURAL_AUTHZ_METRICS_PORT"] = str(free_port())
     stack.start_redis()
-    for name in SERVERS:  # one by one: each migrates the shared auth tables at start
-        stack.start_service(name)
+    for name in servers:  # one by one: each migrates the shared auth tables at start
+        if name == "authz":
+            stack.start(name, [sys.executable, "-m", "gateway.authz"])
+        else:
+            stack.start_service(name)
         stack.wait_service(name)
     return stack
 
@@ -68,6 +88,16 @@ def token(stack: TrainerStack, role: str, subject: str | None = None) -> str:
     now = int(time.time())
     claims = {"sub": subject or f"fuzz-{role}", "role": role, "iat": now, "exp": now + 3600}
     return jwt.encode(claims, stack.env["NEURAL_JWT_SECRET"], algorithm="HS256")
+
+
+def authz_token(stack: TrainerStack, role: str) -> str:
+    """An API token the authz service accepts for `role`, signed with its private key as
+    IssueToken signs one, but bound to no API key: no RevokeApiKey or RotateApiKey the fuzz
+    sends can take the fuzz's own credentials away (a token IssueToken made from a key dies
+    with that key, and a key is what those RPCs reach)."""
+    private = load_private_key(stack.env["NEURAL_AUTHZ_PRIVATE_KEY_FILE"])
+    signer = Signer(private, API_TOKEN_SECONDS, API_AUDIENCE)
+    return signer.sign(Principal(f"fuzz-{role}", role))
 
 
 def metadata(bearer: str) -> tuple[tuple[str, str], ...]:
@@ -196,4 +226,33 @@ def seed(stack: TrainerStack, bearer: str) -> dict[str, list[Any]]:
         "learning_rate": [0.001, 10.0],
         "validation_split": [0.0, 0.2, 0.99],
         "value": [0.5, 1e307, 1.7e308],
+    }
+
+
+def seed_authz(stack: TrainerStack, bearer: str) -> dict[str, list[Any]]:
+    """API keys of each role made by `bearer`'s admin (one scoped to an RPC), and the values
+    AuthService requests may draw: their ids and secrets, subjects, scopes, overlaps."""
+    md = metadata(bearer)
+    scopes = ["/neural.v1.CompilerService/Validate", "/neural.v1.TrackerService/ListRuns"]
+    with grpc.insecure_channel(stack.address_of("authz")) as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        made = [
+            auth.CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(name=f"fuzz-{role}", role=role, scopes=scoped),
+                metadata=md,
+            )
+            for role, scoped in (
+                (auth_pb2.ROLE_ADMIN, []),
+                (auth_pb2.ROLE_USER, []),
+                (auth_pb2.ROLE_VIEWER, []),
+                (auth_pb2.ROLE_USER, scopes[:1]),
+            )
+        ]
+    return {
+        "id": [m.api_key.id for m in made],
+        "api_key": [m.key for m in made] + ["nk_" + "x" * 40],
+        "subject": ["fuzz-admin", "fuzz-user", "fuzz-viewer", "nobody"],
+        "scope": [*scopes, "/neural.v1.X", "neural.v1.CompilerService/Compile"],
+        "overlap_seconds": [0, 1, 3600, 7 * 24 * 3600],
+        "name": ["fuzz-key", "k" * 200, " "],
     }

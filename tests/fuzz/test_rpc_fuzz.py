@@ -4,7 +4,9 @@ caller's status, never a server error), none may hang, and every server keeps se
 
 The RPCs are found in the descriptors (each *_pb2 module of neural.v1) and matched to the
 running servers by reflection, so a new RPC is fuzzed without a line here. Requests come
-from tests/fuzz/messages.py; streaming RPCs get a few messages each way. Each RPC runs
+from tests/fuzz/messages.py; streaming RPCs get a few messages each way. AuthService (the
+authz server) is called with API tokens bound to no API key, so the RevokeApiKey and
+RotateApiKey it fuzzes never take the callers' credentials away. Each RPC runs
 NEURAL_FUZZ_EXAMPLES examples (50 by default: both databases together take about a minute;
 more need a longer --timeout than pytest's 300 s per test); the figures (RPCs covered,
 examples run, status codes, INTERNAL/UNKNOWN count) are printed in the "rpc fuzz" section at
@@ -31,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from neural.v1 import auth_pb2, auth_pb2_grpc
 
 from tests.fuzz import stack as fuzz_stack
 from tests.fuzz.figures import RECORDED, Figures
@@ -59,12 +62,27 @@ def neural_services() -> list[descriptor.ServiceDescriptor]:
 
 
 def served_by(address: str) -> set[str]:
+    """The services reflection lists that the server's health service reports on: the authz
+    server describes every neural.v1 service to tools, but serves only its own, and a server
+    reports the health of each service it serves."""
     with grpc.insecure_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        listed: set[str] = set()
         for answer in stub.ServerReflectionInfo(iter([ask]), timeout=10):
-            return {s.name for s in answer.list_services_response.service}
-    return set()
+            listed = {s.name for s in answer.list_services_response.service}
+            break
+        health = health_pb2_grpc.HealthStub(channel)
+        served = set()
+        for name in listed:
+            try:
+                health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    continue
+                raise
+            served.add(name)
+        return served
 
 
 @dataclass
@@ -192,7 +210,7 @@ def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         url = f"sqlite+aiosqlite:///{tmp / 'neural.db'}"
     else:
         name, url = asyncio.run(create_pg_database())
-    stack = fuzz_stack.start(tmp, url)
+    stack = fuzz_stack.start(tmp, url, fuzz_stack.SERVERS)
     try:
         yield request.param, stack
     finally:
@@ -203,8 +221,18 @@ def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def test_no_rpc_ends_internal_and_every_server_keeps_serving(servers: Any) -> None:
     database, stack = servers
-    tokens = {role: fuzz_stack.token(stack, role) for role in fuzz_stack.ROLES}
-    pools = fuzz_stack.seed(stack, tokens["admin"])
+    tokens = {
+        name: {
+            role: fuzz_stack.authz_token(stack, role)
+            if name == "authz"
+            else fuzz_stack.token(stack, role)
+            for role in fuzz_stack.ROLES
+        }
+        for name in fuzz_stack.SERVERS
+    }
+    pools = fuzz_stack.seed(stack, tokens["tracker"]["admin"])
+    # AuthService's requests draw its own records: API keys' ids and secrets, not runs'.
+    authz_pools = {**pools, **fuzz_stack.seed_authz(stack, tokens["authz"]["admin"])}
     where = {svc: name for name in fuzz_stack.SERVERS for svc in served_by(stack.address_of(name))}
     figures = Figures(database)
     RECORDED.append(figures)
@@ -218,7 +246,8 @@ def test_no_rpc_ends_internal_and_every_server_keeps_serving(servers: Any) -> No
         figures.services.append(service.name)
         for method in service.methods:
             figures.rpcs += 1
-            found = fuzz(method, channels[server], pools, tokens, figures)
+            drawn = authz_pools if server == "authz" else pools
+            found = fuzz(method, channels[server], drawn, tokens[server], figures)
             if found:
                 findings.append(f"{service.name}.{method.name}: {found}")
             if not healthy(stack, server):
@@ -228,7 +257,18 @@ def test_no_rpc_ends_internal_and_every_server_keeps_serving(servers: Any) -> No
                 )
             if method.name.startswith(("Delete", "Purge")):
                 # the records the pools name may be gone: make new ones
-                pools = fuzz_stack.seed(stack, tokens["admin"])
+                pools = fuzz_stack.seed(stack, tokens["tracker"]["admin"])
+            elif method.name.startswith(("Revoke", "Rotate")):
+                # the seeded keys may be revoked or expiring: make new ones
+                fresh = fuzz_stack.seed_authz(stack, tokens["authz"]["admin"])
+                authz_pools = {**pools, **fresh}
+    # The callers' own credentials outlived the run (RevokeApiKey and RotateApiKey reach API
+    # keys; the authz callers' tokens are bound to none): an UNAUTHENTICATED midway would have
+    # hidden every later AuthService call behind the door.
+    auth = auth_pb2_grpc.AuthServiceStub(channels["authz"])
+    for role, bearer in tokens["authz"].items():
+        who = auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=fuzz_stack.metadata(bearer))
+        assert who.subject == f"fuzz-{role}"
     for channel in channels.values():
         channel.close()
     print(figures.line())
