@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import timestamp_pb2
 from neural.v1 import auth_pb2, auth_pb2_grpc
-from service_kit import errors, pagination
+from service_kit import errors, owners, pagination
 from service_kit.auth import Principal
 from service_kit.interceptors import principal
 from service_kit.internal_token import Signer, key_id
@@ -111,7 +111,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         """The key `key_id`, when the caller may change it (admins: any; others: their own)."""
         who = principal()
         record = await self.keys.get(key_id) if key_id else None
-        if record is None or (who.role != "admin" and record.owner != who.subject):
+        if record is None or not owners.visible(record.owner, owners.scope()):
             # Another's key reads as absent: its id says nothing to those who may not see it.
             self.audit.record(who.subject, action, False, "no such key", key_id[:64])
             raise errors.NotFound(f"id: no API key {key_id[:64]!r}")
@@ -132,8 +132,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: object
     ) -> auth_pb2.ListApiKeysResponse:
-        who = principal()
-        owner = None if who.role == "admin" else who.subject
+        owner = owners.scope()
         context_ = (owner or "", request.include_revoked)
         after = pagination.decode(request.page_token, KEYS, PAGE_FIELDS, context_)
         size = pagination.page_size(request.page_size)
