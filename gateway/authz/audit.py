@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from service_kit import db
-from sqlalchemy import and_, or_, select
+from service_kit import db, pagination
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .tables import audit_events
@@ -25,6 +25,7 @@ log = logging.getLogger("neural.authz.audit")
 MAX_QUEUED = 100_000  # beyond this, events are dropped (and counted in the log), not held
 BATCH = 500
 BATCH_SECONDS = 0.2
+LISTING = "authz_audit_events"  # what ListAuditEvents' page tokens page through
 
 
 @dataclass(frozen=True)
@@ -102,26 +103,23 @@ class AuditLog:
                 await self._writer
 
     async def list(
-        self, subject: str | None, limit: int, before: tuple[dt.datetime, str] | None = None
-    ) -> list[AuditEvent]:
-        """Newest first, one subject's only unless None, older than a page cursor."""
-        query = (
-            select(audit_events)
-            .order_by(audit_events.c.at.desc(), audit_events.c.id.desc())
-            .limit(limit)
-        )
+        self, subject: str | None, token: str = "", size: int = 0
+    ) -> tuple[list[AuditEvent], str]:
+        """One page, newest first, one subject's only unless None, and the next page's token
+        ("" at the end). The token is bound to the subject: a token of another is refused."""
+        query = select(audit_events)
         if subject is not None:
             query = query.where(audit_events.c.subject == subject)
-        if before is not None:
-            at, last = before
-            query = query.where(
-                or_(
-                    audit_events.c.at < at,
-                    and_(audit_events.c.at == at, audit_events.c.id < last),
-                )
-            )
-        async with self.sessions() as s:
-            rows = (await s.execute(query)).all()
+        rows, next_token = await pagination.keyset_page(
+            self.sessions,
+            query,
+            audit_events.c.at,
+            audit_events.c.id,
+            token,
+            size,
+            LISTING,
+            (subject or "",),
+        )
         return [
             AuditEvent(
                 r.id,
@@ -133,4 +131,4 @@ class AuditLog:
                 r.reason,
             )
             for r in rows
-        ]
+        ], next_token

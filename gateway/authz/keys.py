@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from service_kit import db
+from service_kit import db, pagination
 from service_kit.auth import ROLES
 from service_kit.settings import load
 
@@ -68,9 +68,14 @@ async def _keys(args: argparse.Namespace) -> int:
             print(f"id:   {record.id}\nrole: {record.role}\nkey:  {key}")
             print("The key is shown only now; it is stored hashed.", file=sys.stderr)
         else:
-            for r in await store.list(None, include_revoked=True, limit=10_000):
-                state = "revoked" if r.revoked_at else "active"
-                print(f"{r.id}  {r.prefix}...  {r.role:6s}  {r.owner}  {r.name}  {state}")
+            token = ""
+            while True:
+                records, token = await store.list(None, True, token, pagination.MAX_PAGE)
+                for r in records:
+                    state = "revoked" if r.revoked_at else "active"
+                    print(f"{r.id}  {r.prefix}...  {r.role:6s}  {r.owner}  {r.name}  {state}")
+                if not token:
+                    break
         return 0
     finally:
         await engine.dispose()

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import timestamp_pb2
 from neural.v1 import auth_pb2, auth_pb2_grpc
-from service_kit import errors, owners, pagination
+from service_kit import errors, owners
 from service_kit.auth import Principal
 from service_kit.interceptors import principal
 from service_kit.internal_token import Signer, key_id
@@ -28,9 +28,6 @@ ROLE_NAMES = {
     auth_pb2.ROLE_VIEWER: "viewer",
 }
 ROLE_ENUMS = {v: k for k, v in ROLE_NAMES.items()}
-KEYS = "authz_api_keys"
-EVENTS = "authz_audit_events"
-PAGE_FIELDS = (pagination.TIMESTAMP, pagination.TEXT)
 
 
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -132,16 +129,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: object
     ) -> auth_pb2.ListApiKeysResponse:
-        owner = owners.scope()
-        context_ = (owner or "", request.include_revoked)
-        after = pagination.decode(request.page_token, KEYS, PAGE_FIELDS, context_)
-        size = pagination.page_size(request.page_size)
-        records = await self.keys.list(owner, request.include_revoked, size + 1, after)  # type: ignore[arg-type]
-        token = ""
-        if len(records) > size:
-            records = records[:size]
-            last = records[-1]
-            token = pagination.encode(KEYS, (last.created_at.isoformat(), last.id), context_)
+        records, token = await self.keys.list(
+            owners.scope(), request.include_revoked, request.page_token, request.page_size
+        )
         return auth_pb2.ListApiKeysResponse(
             api_keys=[api_key_message(r) for r in records], next_page_token=token
         )
@@ -201,15 +191,9 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ListAuditEventsRequest, context: object
     ) -> auth_pb2.ListAuditEventsResponse:
         await self.audit.flush()  # what was decided before the call is in the answer
-        context_ = (request.subject,)
-        before = pagination.decode(request.page_token, EVENTS, PAGE_FIELDS, context_)
-        size = pagination.page_size(request.page_size)
-        events = await self.audit.list(request.subject or None, size + 1, before)  # type: ignore[arg-type]
-        token = ""
-        if len(events) > size:
-            events = events[:size]
-            last = events[-1]
-            token = pagination.encode(EVENTS, (last.at.isoformat(), last.id), context_)
+        events, token = await self.audit.list(
+            request.subject or None, request.page_token, request.page_size
+        )
         return auth_pb2.ListAuditEventsResponse(
             events=[_event_message(e) for e in events], next_page_token=token
         )

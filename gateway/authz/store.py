@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service_kit import db, errors
+from service_kit import db, errors, pagination
 from service_kit.auth import ROLES, Principal
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .tables import api_keys
@@ -29,6 +29,7 @@ MAX_OVERLAP = dt.timedelta(days=7)
 LAST_USED_EVERY = dt.timedelta(minutes=1)  # how fresh last_used_at is kept, at most
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_authz"
+LISTING = "authz_api_keys"  # what ListApiKeys' page tokens page through
 
 
 def digest(key: str) -> str:
@@ -201,29 +202,28 @@ class KeyStore:
         return KeyRecord.of(row) if row else None
 
     async def list(
-        self,
-        owner: str | None,
-        include_revoked: bool,
-        limit: int,
-        after: tuple[dt.datetime, str] | None = None,
-    ) -> list[KeyRecord]:
-        """Keys by creation (oldest first), `owner`'s only unless None, after a page cursor."""
-        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id).limit(limit)
+        self, owner: str | None, include_revoked: bool, token: str = "", size: int = 0
+    ) -> tuple[list[KeyRecord], str]:
+        """One page of keys by creation (oldest first), `owner`'s only unless None, and the
+        next page's token ("" at the end). The token is bound to the owner and
+        include_revoked it was issued under: a token of another filter is refused."""
+        query = select(api_keys)
         if owner is not None:
             query = query.where(api_keys.c.owner == owner)
         if not include_revoked:
             query = query.where(api_keys.c.revoked_at.is_(None))
-        if after is not None:
-            at, last = after
-            query = query.where(
-                or_(
-                    api_keys.c.created_at > at,
-                    and_(api_keys.c.created_at == at, api_keys.c.id > last),
-                )
-            )
-        async with self.sessions() as s:
-            rows = (await s.execute(query)).all()
-        return [KeyRecord.of(r) for r in rows]
+        rows, next_token = await pagination.keyset_page(
+            self.sessions,
+            query,
+            api_keys.c.created_at,
+            api_keys.c.id,
+            token,
+            size,
+            LISTING,
+            (owner or "", include_revoked),
+            newest_first=False,
+        )
+        return [KeyRecord.of(r) for r in rows], next_token
 
     async def authenticate(self, key: str) -> Grant | None:
         """What a plaintext API key allows, or None for an unknown, expired or revoked key."""

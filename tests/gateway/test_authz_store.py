@@ -65,7 +65,7 @@ async def test_revocation_is_effective_within_a_second_everywhere(
     other = KeyStore(db.make_engine(db_url))
     try:
         assert await other.authenticate(key) is not None
-        record, _ = (await store.list(None, False, 10))[0], None
+        record = (await store.list(None, False, size=10))[0][0]
         revoked = await store.revoke(record.id)
         assert revoked is not None and revoked.revoked_at is not None
         assert await store.authenticate(key) is None  # at once where it was revoked
@@ -73,8 +73,8 @@ async def test_revocation_is_effective_within_a_second_everywhere(
         while await other.authenticate(key) is not None:
             assert time.monotonic() - started < 1.5, "still accepted after a second"
         assert await store.revoke("no-such-id") is None
-        assert await store.list(None, False, 10) == []
-        assert len(await store.list(None, True, 10)) == 1
+        assert (await store.list(None, False, size=10))[0] == []
+        assert len((await store.list(None, True, size=10))[0]) == 1
     finally:
         await other.engine.dispose()
 
@@ -131,11 +131,11 @@ async def test_scopes_limit_a_key_to_its_rpcs(store: KeyStore) -> None:
 async def test_keys_list_by_owner_in_pages(store: KeyStore) -> None:
     for i in range(5):
         await store.create(f"k{i}", "user", "alice" if i % 2 else "bob", "admin")
-    everyone = await store.list(None, False, 100)
+    everyone, _ = await store.list(None, False, size=100)
     assert len(everyone) == 5
-    assert {r.owner for r in await store.list("alice", False, 100)} == {"alice"}
-    first = await store.list(None, False, 2)
-    rest = await store.list(None, False, 100, (first[-1].created_at, first[-1].id))
+    assert {r.owner for r in (await store.list("alice", False, size=100))[0]} == {"alice"}
+    first, token = await store.list(None, False, size=2)
+    rest, _ = await store.list(None, False, token, 100)
     assert [r.id for r in first + rest] == [r.id for r in everyone]
 
 
@@ -144,11 +144,14 @@ async def test_the_audit_log_keeps_decisions_newest_first(store: KeyStore) -> No
     audit.record("alice", "POST /v1/models:compile", True, target="key-1")
     audit.record("", "GET /v1/models", False, "missing credentials")
     await audit.close()
-    events = await audit.list(None, 10)
+    events, _ = await audit.list(None, size=10)
     assert [(e.subject, e.allowed, e.reason) for e in events] == [
         ("", False, "missing credentials"),
         ("alice", True, ""),
     ]
-    assert [e.action for e in await audit.list("alice", 10)] == ["POST /v1/models:compile"]
-    older = await audit.list(None, 10, (events[0].at, events[0].id))
+    assert [e.action for e in (await audit.list("alice", size=10))[0]] == [
+        "POST /v1/models:compile"
+    ]
+    _, token = await audit.list(None, size=1)
+    older, _ = await audit.list(None, token, 10)
     assert [e.id for e in older] == [events[1].id]

@@ -186,30 +186,53 @@ def decode(
 
 
 # ------------------------------------------------------------------ keyset pages
-async def newest_first(
-    sessions: Any, table: Any, query: Any, token: str, size: int, listing: str = ""
+async def keyset_page(
+    sessions: Any,
+    query: Any,
+    at_column: Any,
+    id_column: Any,
+    token: str,
+    size: int,
+    listing: str,
+    context: Sequence[Any] = (),
+    newest_first: bool = True,
 ) -> tuple[list[Any], str]:
-    """One page of `query` over `table` (which has created_at and id), newest first, and the
-    token of the next page ("" at the end). Keyset pagination: stable under inserts. The token
-    belongs to `listing` (the table's name by default; a caller that lists several kinds of
-    row of one table names each); filters may change between pages, since the order does
-    not."""
+    """One page of `query` ordered by (`at_column`, `id_column`), newest first or oldest
+    first, and the token of the next page ("" at the end). Keyset pagination: stable under
+    inserts. The token belongs to `listing` and to `context` (the filters the caller wants a
+    token bound to: one issued under other values of them is refused); filters left out of
+    `context` may change between pages, since the order does not."""
     from sqlalchemy import and_, or_
 
     n = page_size(size)
-    listing = listing or table.name
-    key = decode(token, listing, (TIMESTAMP, TEXT))
+    key = decode(token, listing, (TIMESTAMP, TEXT), context)
     if key is not None:
         at, last_id = key
-        query = query.where(
-            or_(table.c.created_at < at, and_(table.c.created_at == at, table.c.id < last_id))
-        )
-    query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(n + 1)
+        if newest_first:
+            past = or_(at_column < at, and_(at_column == at, id_column < last_id))
+        else:
+            past = or_(at_column > at, and_(at_column == at, id_column > last_id))
+        query = query.where(past)
+    order = (at_column.desc(), id_column.desc()) if newest_first else (at_column, id_column)
+    query = query.order_by(*order).limit(n + 1)
     async with sessions() as s:
         rows = (await s.execute(query)).all()
     page = list(rows[:n])
     if len(rows) <= n:
         return page, ""
-    last = page[-1]
-    created = last.created_at if last.created_at.tzinfo else last.created_at.replace(tzinfo=dt.UTC)
-    return page, encode(listing, (created.isoformat(), last.id))
+    last = page[-1]._mapping
+    at_value = last[at_column]
+    if at_value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        at_value = at_value.replace(tzinfo=dt.UTC)
+    return page, encode(listing, (at_value.isoformat(), last[id_column]), context)
+
+
+async def newest_first(
+    sessions: Any, table: Any, query: Any, token: str, size: int, listing: str = ""
+) -> tuple[list[Any], str]:
+    """`keyset_page` over `table`'s (created_at, id), newest first, with no context: filters
+    may change between pages. The token belongs to `listing` (the table's name by default; a
+    caller that lists several kinds of row of one table names each)."""
+    return await keyset_page(
+        sessions, query, table.c.created_at, table.c.id, token, size, listing or table.name
+    )
