@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import ROOT
-from tests.services.conftest import free_port, redis_url
+from tests.services.conftest import (
+    REDIS_PORT,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    redis_url,
+)
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -26,6 +36,8 @@ class Stack:
     metrics_port: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: Path = Path()
+    # API keys created for the tests, by label (see pg_stack)
+    keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -131,3 +143,43 @@ def make_stack(tmp: Path, database_url: str, redis_db: int, service: str = "comp
     }
     stack = Stack(env, port, metrics, logs=tmp)
     return stack
+
+
+@contextmanager
+def pg_stack(
+    tmp: Path,
+    redis_db: int,
+    service: str = "compiler",
+    env: Mapping[str, str] | None = None,
+    keys: Mapping[str, tuple[str, str]] | None = None,
+    worker: bool = False,
+    own_group: bool = False,
+    flush: bool = True,
+) -> Iterator[Stack]:
+    """A serving `service` on a fresh PostgreSQL database and Redis db `redis_db`.
+
+    `env` is added to the processes' environment; `keys` maps a label to the (name, role) of
+    an API key to create, stored in `Stack.keys` under that label (the name is the key's
+    principal, which tests assert as owners). `worker` also starts the compiler's Dramatiq
+    worker, in a process group of its own with `own_group` (then killed with its group at the
+    end). `flush=False` leaves the Redis db alone, for a stack beside another on the same db.
+    """
+    name, url = asyncio.run(create_pg_database())
+    try:
+        if flush:
+            redis.Redis(port=REDIS_PORT, db=redis_db).flushdb()
+        s = make_stack(tmp, url, redis_db, service)
+        s.env.update(env or {})
+        s.keys = {label: s.create_key(*who) for label, who in (keys or {}).items()}
+        try:
+            s.start_server(f"services.{service}")
+            if worker:
+                s.start_worker(own_group)
+            s.wait_serving()
+            yield s
+        finally:
+            if own_group and "worker" in s.procs:
+                s.kill_group("worker")
+            s.stop_all()
+    finally:
+        asyncio.run(drop_pg_database(name))

@@ -3,7 +3,6 @@ Redis, every RPC over gRPC, grpcurl through reflection alone, health, metrics, b
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,9 +21,8 @@ from grpc_status import rpc_status
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from service_kit.auth import AuthStore, Principal
 
-from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
 from tests.services.receiver import Receiver
-from tests.services.stack import VENV_BIN, Stack, make_stack
+from tests.services.stack import VENV_BIN, Stack, pg_stack
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -49,20 +46,10 @@ HP = {"layers.dense_1.units": 32}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("compiler")
-    name, url = asyncio.run(create_pg_database())
-    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-    s = make_stack(tmp, url, REDIS_DB)
-    s.keys = {role: s.create_key(f"{role}-key", role) for role in ("admin", "user", "viewer")}  # type: ignore[attr-defined]
-    s.keys["other"] = s.create_key("other-user", "user")  # type: ignore[attr-defined]
-    s.start_server()
-    s.start_worker()
-    try:
-        s.wait_serving()
+    keys = {role: (f"{role}-key", role) for role in ("admin", "user", "viewer")}
+    keys["other"] = ("other-user", "user")
+    with pg_stack(tmp_path_factory.mktemp("compiler"), REDIS_DB, keys=keys, worker=True) as s:
         yield s
-    finally:
-        s.stop_all()
-        asyncio.run(drop_pg_database(name))
 
 
 def stub(stack: Stack) -> compiler_pb2_grpc.CompilerServiceStub:
@@ -70,7 +57,7 @@ def stub(stack: Stack) -> compiler_pb2_grpc.CompilerServiceStub:
 
 
 def auth(stack: Stack, role: str = "user") -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[role]}"),)  # type: ignore[attr-defined]
+    return (("authorization", f"Bearer {stack.keys[role]}"),)
 
 
 def hparams(values: dict) -> struct_pb2.Struct:
@@ -418,7 +405,7 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(stack: Stack) -> N
     called = grpcurl(
         stack,
         "-H",
-        f"authorization: Bearer {stack.keys['viewer']}",  # type: ignore[attr-defined]
+        f"authorization: Bearer {stack.keys['viewer']}",
         "-d",
         json.dumps({"source": MNIST}),
         stack.address,
@@ -498,15 +485,16 @@ def compiles_in_flight(stack: Stack) -> float:
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
-    # a server of its own: this one is stopped, and no other test may depend on that
-    name, url = asyncio.run(create_pg_database())
-    own = make_stack(tmp_path, url, REDIS_DB)
-    # the drain waits for calls in flight up to the grace period: longer than any compile here
-    own.env["NEURAL_GRACE_SECONDS"] = "120"
-    own.keys = {"admin": own.create_key("admin-key", "admin")}  # type: ignore[attr-defined]
-    own.start_server()
-    try:
-        own.wait_serving()
+    # a server of its own: this one is stopped, and no other test may depend on that; its
+    # Redis db is the module stack's, still serving, so it is not flushed
+    with pg_stack(
+        tmp_path,
+        REDIS_DB,
+        # the drain waits for calls in flight up to the grace period: longer than any compile
+        env={"NEURAL_GRACE_SECONDS": "120"},
+        keys={"admin": ("admin-key", "admin")},
+        flush=False,
+    ) as own:
         future = stub(own).Compile.future(
             compiler_pb2.CompileRequest(
                 source=MNIST,
@@ -520,6 +508,3 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
         until(lambda: compiles_in_flight(own) == 1, 30, "the Compile call to be in flight")
         assert own.stop("server", timeout=150) == 0
         assert future.result().model.name == "in-flight"  # the in-flight call was drained
-    finally:
-        own.stop_all()
-        asyncio.run(drop_pg_database(name))

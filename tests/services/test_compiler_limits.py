@@ -12,15 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import onnx
 import pytest
-import redis
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 from neural_dsl import Limits
 from service_kit.errors import InvalidArgument, ServiceError
 
 from services.compiler.compile_step import CompileInput, compile_artifact
 from services.compiler.exports import ExportQueue
-from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
-from tests.services.stack import Stack, make_stack
+from tests.services.stack import Stack, pg_stack
 from tests.waiting import until
 
 REDIS_DB = 6
@@ -113,20 +111,10 @@ async def test_export_queue_refuses_when_full_and_honours_the_deadline() -> None
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"NEURAL_AUTH_DISABLED": "1", "NEURAL_MAX_WATCHES_PER_PRINCIPAL": "2"}
     tmp = tmp_path_factory.mktemp("compiler-limits")
-    name, url = asyncio.run(create_pg_database())
-    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-    s = make_stack(tmp, url, REDIS_DB)
-    s.env["NEURAL_AUTH_DISABLED"] = "1"
-    s.env["NEURAL_MAX_WATCHES_PER_PRINCIPAL"] = "2"
-    s.start_server()
-    s.start_worker()
-    try:
-        s.wait_serving()
+    with pg_stack(tmp, REDIS_DB, env=env, worker=True) as s:
         yield s
-    finally:
-        s.stop_all()
-        asyncio.run(drop_pg_database(name))
 
 
 def _download(s: compiler_pb2_grpc.CompilerServiceStub, model_id: str) -> bytes:

@@ -4,7 +4,6 @@ exports to ONNX, as often as the job has attempts."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import redis
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
 
 from services.compiler.actors import MAX_RETRIES
-from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
+from tests.services.conftest import REDIS_PORT
 from tests.services.receiver import Receiver
-from tests.services.stack import Stack, make_stack
+from tests.services.stack import Stack, pg_stack
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -42,30 +41,21 @@ network Big {
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    name, url = asyncio.run(create_pg_database())
-    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-    s = make_stack(tmp_path, url, REDIS_DB)
-    # a dead worker's message goes back to the queue within seconds
-    s.env["NEURAL_BROKER_HEARTBEAT_TIMEOUT_MS"] = "1500"
-    s.env["NEURAL_BROKER_MAINTENANCE_CHANCE"] = "500000"
-    s.env["NEURAL_WEBHOOK_MIN_BACKOFF_MS"] = "100"
-    s.env["dramatiq_worker_timeout"] = "100"
-    s.keys = {"user": s.create_key("user-key", "user")}  # type: ignore[attr-defined]
-    s.start_server()
-    s.start_worker(own_group=True)
-    try:
-        s.wait_serving()
+    env = {
+        # a dead worker's message goes back to the queue within seconds
+        "NEURAL_BROKER_HEARTBEAT_TIMEOUT_MS": "1500",
+        "NEURAL_BROKER_MAINTENANCE_CHANCE": "500000",
+        "NEURAL_WEBHOOK_MIN_BACKOFF_MS": "100",
+        "dramatiq_worker_timeout": "100",
+    }
+    keys = {"user": ("user-key", "user")}
+    with pg_stack(tmp_path, REDIS_DB, env=env, keys=keys, worker=True, own_group=True) as s:
         yield s
-    finally:
-        if "worker" in s.procs:
-            s.kill_group("worker")
-        s.stop_all()
-        asyncio.run(drop_pg_database(name))
 
 
 def test_a_job_whose_worker_dies_every_attempt_fails_once_with_the_reason(stack: Stack) -> None:
     s = compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(stack.address))
-    auth = (("authorization", f"Bearer {stack.keys['user']}"),)  # type: ignore[attr-defined]
+    auth = (("authorization", f"Bearer {stack.keys['user']}"),)
 
     def job() -> common_pb2.Job:
         return s.GetCompileJob(common_pb2.GetJobRequest(id=submitted.id), metadata=auth)

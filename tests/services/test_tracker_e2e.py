@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import threading
@@ -10,12 +9,10 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-import redis
 from google.protobuf import field_mask_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
-from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
-from tests.services.stack import Stack, make_stack
+from tests.services.stack import Stack, pg_stack
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -25,19 +22,10 @@ REDIS_DB = 10
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("tracker")
-    name, url = asyncio.run(create_pg_database())
-    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-    s = make_stack(tmp, url, REDIS_DB, "tracker")
-    s.keys = {r: s.create_key(f"{r}-key", r) for r in ("user", "viewer", "admin")}  # type: ignore[attr-defined]
-    s.keys["other"] = s.create_key("other", "user")  # type: ignore[attr-defined]
-    s.start_server("services.tracker")
-    try:
-        s.wait_serving()
+    keys = {r: (f"{r}-key", r) for r in ("user", "viewer", "admin")}
+    keys["other"] = ("other", "user")
+    with pg_stack(tmp_path_factory.mktemp("tracker"), REDIS_DB, "tracker", keys=keys) as s:
         yield s
-    finally:
-        s.stop_all()
-        asyncio.run(drop_pg_database(name))
 
 
 def client(stack: Stack) -> tracker_pb2_grpc.TrackerServiceStub:
@@ -45,7 +33,7 @@ def client(stack: Stack) -> tracker_pb2_grpc.TrackerServiceStub:
 
 
 def md(stack: Stack, role: str = "user") -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[role]}"),)  # type: ignore[attr-defined]
+    return (("authorization", f"Bearer {stack.keys[role]}"),)
 
 
 def code(fn, *args, **kwargs) -> grpc.StatusCode:  # type: ignore[no-untyped-def]

@@ -4,20 +4,17 @@ refused at submit with the limit named (INVALID_ARGUMENT), before anything is qu
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import grpc
 import pytest
-import redis
 from neural.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from neural_dsl import Limits, parse
 from neural_dsl.limits import training_bytes
 
 from services.trainer import plan
 from services.trainer.plan import OverLimit, TrainingRequest
-from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database
-from tests.services.stack import Stack, make_stack
+from tests.services.stack import Stack, pg_stack
 
 REDIS_DB = 5
 HUGE = """
@@ -109,20 +106,14 @@ def test_generated_data_over_its_limit_names_the_setting() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {
+        "NEURAL_AUTH_DISABLED": "1",
+        "NEURAL_TRAINING_MEMORY_BYTES": str(16 << 20),
+        "NEURAL_MAX_DATASET_VALUES": "1000000",
+    }
     tmp = tmp_path_factory.mktemp("trainer-limits")
-    name, url = asyncio.run(create_pg_database())
-    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-    s = make_stack(tmp, url, REDIS_DB, "trainer")
-    s.env["NEURAL_AUTH_DISABLED"] = "1"
-    s.env["NEURAL_TRAINING_MEMORY_BYTES"] = str(16 << 20)
-    s.env["NEURAL_MAX_DATASET_VALUES"] = "1000000"
-    s.start_server("services.trainer")
-    try:
-        s.wait_serving()
+    with pg_stack(tmp, REDIS_DB, "trainer", env=env) as s:
         yield s
-    finally:
-        s.stop_all()
-        asyncio.run(drop_pg_database(name))
 
 
 @pytest.mark.e2e

@@ -23,8 +23,8 @@ from service_kit.streams import StreamCap
 from sqlalchemy import MetaData
 
 from services.tracker.events import channel
-from tests.services.conftest import REDIS_PORT, create_pg_database, drop_pg_database, redis_url
-from tests.services.stack import Stack, make_stack
+from tests.services.conftest import REDIS_PORT, redis_url
+from tests.services.stack import Stack, pg_stack
 from tests.waiting import until, until_async
 
 REDIS_DB = 7
@@ -137,23 +137,18 @@ async def test_job_watches_share_one_subscription(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("tracker-watches")
-    name, url = asyncio.run(create_pg_database())
-    redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-    s = make_stack(tmp, url, REDIS_DB, "tracker")
-    s.env["NEURAL_MAX_WATCHES_PER_PRINCIPAL"] = "3"
-    s.keys = {who: s.create_key(who, "user") for who in ("alice", "bob")}  # type: ignore[attr-defined]
-    s.start_server("services.tracker")
-    try:
-        s.wait_serving()
+    with pg_stack(
+        tmp_path_factory.mktemp("tracker-watches"),
+        REDIS_DB,
+        "tracker",
+        env={"NEURAL_MAX_WATCHES_PER_PRINCIPAL": "3"},
+        keys={who: (who, "user") for who in ("alice", "bob")},
+    ) as s:
         yield s
-    finally:
-        s.stop_all()
-        asyncio.run(drop_pg_database(name))
 
 
 def _md(stack: Stack, who: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[who]}"),)  # type: ignore[attr-defined]
+    return (("authorization", f"Bearer {stack.keys[who]}"),)
 
 
 def _run(t: tracker_pb2_grpc.TrackerServiceStub, md: tuple) -> str:
