@@ -3,8 +3,9 @@
 A bare grpc.aio echo server and the compiler service (`Validate` on a small program, and
 `GetModel`, a database read) are called by the same client at concurrency 1 and 64. Prints
 requests per second, p50 and p99, and each ratio to the bare server. Both servers run as
-their own processes on loopback; the compiler uses SQLite in a temporary folder and a local
-Redis on 127.0.0.1:6379 (db 11).
+their own processes on loopback; the compiler uses SQLite in a temporary folder and Redis at
+NEURAL_REDIS_URL, else 127.0.0.1:6379 (db 11). The client calls the compiler as the gateway
+would, with an internal token (x-neural-principal) signed by a keypair of this run's own.
 
     .venv/bin/python bench/grpc_overhead.py [--requests N]
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from ports import free_port, wait_port
+from principal import keypair, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = 'network Small {\n  input: (16)\n  layers:\n    Dense(32, "relu")\n    Output(4)\n}\n'
@@ -64,10 +66,11 @@ async def measure(call, payload, total: int, concurrency: int) -> tuple[float, f
     )
 
 
-async def run(requests: int, echo_port: int, port: int, key: str, model_id: str) -> None:
+async def run(
+    requests: int, echo_port: int, port: int, md: tuple[tuple[str, str], ...], model_id: str
+) -> None:
     from neural.v1 import compiler_pb2, compiler_pb2_grpc
 
-    md = (("authorization", f"Bearer {key}"),)
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_ch,
         grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch,
@@ -114,27 +117,9 @@ def main() -> int:
         "NEURAL_LOG_LEVEL": "WARNING",
     }
     env.pop("NEURAL_DATABASE_URL", None)
-    key = (
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "service_kit.keys",
-                "create",
-                "--name",
-                "bench",
-                "--role",
-                "user",
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.split("key:")[1]
-        .split()[0]
-    )
+    private_key, public_key = keypair(tmp / "keys")
+    env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"] = str(public_key)
+    md = metadata(private_key, "bench", "user")
     procs = [
         subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)]),
         subprocess.Popen([sys.executable, "-m", "services.compiler"], env=env, cwd=ROOT),
@@ -151,11 +136,11 @@ def main() -> int:
                     compiler_pb2.CompileRequest(
                         source=SOURCE, backend=compiler_pb2.BACKEND_PYTORCH
                     ),
-                    metadata=(("authorization", f"Bearer {key}"),),
+                    metadata=md,
                 )
                 .model
             )
-        asyncio.run(run(args.requests, echo_port, port, key, model.id))
+        asyncio.run(run(args.requests, echo_port, port, md, model.id))
     finally:
         for p in procs:
             p.terminate()

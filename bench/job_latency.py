@@ -1,10 +1,13 @@
 """Submit-to-started latency of training jobs, against a bare Dramatiq round trip, in one run.
 
-Starts a private stack (Redis on a free port, SQLite, the tracker, the trainer and one
-training worker), then N times: SubmitTraining of a trivial job, WatchTrainingJob until its
-`started` event, cancel it, wait until the worker is free. The baseline is the floor under
-that: a no-op Dramatiq actor on the same Redis, time from `send` to the actor running, with
-an in-process worker. Prints p50/p99 of both and the ratio.
+Starts a private stack (Redis on a free port, SQLite, the authz service, the tracker, the
+trainer and one training worker, which asks authz for its tokens to act for a job's owner
+with a key of its own, as under `make run`), then N times: SubmitTraining of a trivial job,
+WatchTrainingJob until its `started` event, cancel it, wait until the worker is free. The
+baseline is the floor under that: a no-op Dramatiq actor on the same Redis, time from `send`
+to the actor running, with an in-process worker. Prints p50/p99 of both and the ratio. The
+client calls the trainer as the gateway would, with an internal token (x-neural-principal)
+signed by a keypair of this run's own.
 
     .venv/bin/python bench/job_latency.py [--jobs 200]
 """
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ports import free_port, wait_port  # noqa: E402
+from bench.principal import keypair, metadata  # noqa: E402
 
 TRIVIAL = """
 network Trivial {
@@ -76,12 +80,11 @@ def baseline(redis_url: str, n: int) -> list[float]:
 
 
 def ours(
-    env: dict[str, str], address: str, key: str, n: int, rpc: list[float] | None = None
+    address: str, meta: tuple[tuple[str, str], ...], n: int, rpc: list[float] | None = None
 ) -> list[float]:
     from neural.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
     stub = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(address))
-    meta = (("authorization", f"Bearer {key}"),)
     request = trainer_pb2.SubmitTrainingRequest(
         source=TRIVIAL,
         dataset=trainer_pb2.DatasetSpec(
@@ -118,6 +121,8 @@ def main() -> int:
 def run(jobs: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="neural-latency-"))
     redis_port, tracker_port, trainer_port = free_port(), free_port(), free_port()
+    authz_port = free_port()
+    private_key, public_key = keypair(tmp / "keys")
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -128,7 +133,13 @@ def run(jobs: int) -> None:
         "NEURAL_TRACKER_ADDRESS": f"127.0.0.1:{tracker_port}",
         "NEURAL_TRAINER_PORT": str(trainer_port),
         "NEURAL_TRAINER_METRICS_PORT": str(free_port()),
-        "NEURAL_JWT_SECRET": "bench-" + "x" * 40,
+        "NEURAL_AUTHZ_PORT": str(authz_port),
+        "NEURAL_AUTHZ_METRICS_PORT": str(free_port()),
+        "NEURAL_AUTHZ_ADDRESS": f"127.0.0.1:{authz_port}",
+        "NEURAL_AUTHZ_PRIVATE_KEY_FILE": str(private_key),
+        "NEURAL_AUTHZ_PUBLIC_KEY_FILE": str(public_key),
+        # the worker's own key: an admin key scoped to asking authz for owners' tokens
+        "NEURAL_SERVICE_KEY_FILE": str(tmp / "keys" / "worker.key"),
         "NEURAL_LOG_LEVEL": "WARNING",
         "dramatiq_prom_port": str(free_port()),
         "dramatiq_worker_timeout": "100",  # as make run starts workers
@@ -147,24 +158,29 @@ def run(jobs: int) -> None:
         server = shutil.which("redis-server") or "redis-server"
         start([server, "--port", str(redis_port), "--save", "", "--appendonly", "no"])
         wait_port(redis_port)
-        start([sys.executable, "-m", "services.tracker"])
-        start([sys.executable, "-m", "services.trainer"])
-        wait_port(tracker_port, 90)
-        wait_port(trainer_port, 90)
-        start([str(bin_dir / "dramatiq"), "services.trainer.worker", "--processes", "1"])
-        keys = subprocess.run(
-            [sys.executable, "-m", "service_kit.keys", "create", "--name", "bench"],
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "gateway.authz.keys", "create", "--name", "workers"),
+                *("--role", "admin", "--scope", "/neural.v1.AuthService/IssueDelegatedToken"),
+                *("--key-file", env["NEURAL_SERVICE_KEY_FILE"]),
+            ],
             env=env,
             cwd=ROOT,
             capture_output=True,
-            text=True,
             check=True,
-        ).stdout
-        key = next(line.split()[-1] for line in keys.splitlines() if line.startswith("key:"))
-        ours(env, f"127.0.0.1:{trainer_port}", key, 3)  # warm up: worker imports, first job
+        )
+        start([sys.executable, "-m", "gateway.authz"])
+        start([sys.executable, "-m", "services.tracker"])
+        start([sys.executable, "-m", "services.trainer"])
+        wait_port(authz_port, 90)
+        wait_port(tracker_port, 90)
+        wait_port(trainer_port, 90)
+        start([str(bin_dir / "dramatiq"), "services.trainer.worker", "--processes", "1"])
+        meta = metadata(private_key, "bench", "user")
+        ours(f"127.0.0.1:{trainer_port}", meta, 3)  # warm up: worker imports, first job
         base = baseline(env["NEURAL_REDIS_URL"], jobs)
         rpc: list[float] = []
-        mine = ours(env, f"127.0.0.1:{trainer_port}", key, jobs, rpc)
+        mine = ours(f"127.0.0.1:{trainer_port}", meta, jobs, rpc)
     finally:
         for proc in reversed(procs):
             proc.terminate()

@@ -8,7 +8,9 @@ server's health check (the floor of any call on this machine), the time of one
 time to read back a 100,000-point history; and, on PostgreSQL, a raw asyncpg `executemany`
 of the same rows into the same table (the ratio is the service's overhead). With `mlflow`
 installed in .venv-bench (`make bench-deps`), the same workload against a local MLflow
-tracking server (SQLite backend) is printed as a ratio.
+tracking server (SQLite backend) is printed as a ratio. The client calls the tracker as the
+gateway would, with an internal token (x-neural-principal) signed by a keypair of this run's
+own; Redis is NEURAL_REDIS_URL, else 127.0.0.1:6379 db 12.
 
     .venv/bin/python bench/tracker_ingest.py [--points N]
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 from ports import free_port, wait_port
+from principal import keypair, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
@@ -64,10 +67,11 @@ print(json.dumps({"batch": batch, "single": single, "history_s": hist, "history_
 """
 
 
-async def workload(port: int, key: str, points: int, scale: bool) -> dict[str, float]:
+async def workload(
+    port: int, md: tuple[tuple[str, str], ...], points: int, scale: bool
+) -> dict[str, float]:
     from neural.v1 import tracker_pb2, tracker_pb2_grpc
 
-    md = (("authorization", f"Bearer {key}"),)
     out: dict[str, float] = {}
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
@@ -214,13 +218,12 @@ async def raw_asyncpg(dsn: str, points: int) -> float:
         await conn.close()
 
 
-def sync_singles(port: int, key: str, calls: int = 1000) -> dict[str, float]:
+def sync_singles(port: int, md: tuple[tuple[str, str], ...], calls: int = 1000) -> dict[str, float]:
     """Single-point LogMetrics through a blocking stub, and the health check of the same
     server: the cheapest call there is, so the floor under any RPC's rate here."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from neural.v1 import tracker_pb2, tracker_pb2_grpc
 
-    md = (("authorization", f"Bearer {key}"),)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         t = tracker_pb2_grpc.TrackerServiceStub(ch)
         exp = t.CreateExperiment(
@@ -261,35 +264,17 @@ def run_backend(name: str, database_url: str, points: int, scale: bool) -> dict[
         "NEURAL_TRACKER_PORT": str(port),
         "NEURAL_TRACKER_METRICS_PORT": str(free_port()),
         "NEURAL_LOG_LEVEL": "WARNING",
-        "NEURAL_REDIS_URL": "redis://127.0.0.1:6379/12",
+        "NEURAL_REDIS_URL": os.environ.get("NEURAL_REDIS_URL", "redis://127.0.0.1:6379/12"),
         "NEURAL_MAX_MESSAGE_BYTES": str(64 << 20),
     }
-    key = (
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "service_kit.keys",
-                "create",
-                "--name",
-                "bench",
-                "--role",
-                "user",
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.split("key:")[1]
-        .split()[0]
-    )
+    private_key, public_key = keypair(tmp / "keys")
+    env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"] = str(public_key)
+    md = metadata(private_key, "bench", "user")
     server = subprocess.Popen([sys.executable, "-m", "services.tracker"], env=env, cwd=ROOT)
     try:
         wait_port(port)
-        out = asyncio.run(workload(port, key, points, scale))
-        return out | sync_singles(port, key)
+        out = asyncio.run(workload(port, md, points, scale))
+        return out | sync_singles(port, md)
     finally:
         server.terminate()
         server.wait(30)

@@ -1,12 +1,16 @@
 """`make demo`: compile -> train (live progress) -> track, against the local stack.
 
 Finds the stack `make run` started through the settings file it writes
-(`$NEURAL_DATA_DIR/stack.json`, default `.run/stack.json`): its addresses and its database,
-where the demo's API key is created. Nothing else counts as a stack: a process listening on a
-default port that the demo cannot authenticate to is left alone. When no stack is running, the
-demo starts one of its own on free ports in a temporary folder, and stops and removes it at
-the end. The key is kept in `demo.key` beside `stack.json` (owner-only) and reused while the
-stack accepts it. Deployment and prediction join the demo when the deployer exists.
+(`$NEURAL_DATA_DIR/stack.json`, default `.run/stack.json`): its gateway, its addresses and its
+database, where the demo's API key is created in the authz service's table (`neural-keys
+create`). Every call goes through the gateway (Envoy) with `authorization: Bearer <key>`, as
+a user's would. Nothing else counts as a stack: a process listening on a default port that
+the demo cannot authenticate to is left alone. When no stack is running, the demo starts one
+of its own in a temporary folder, on the ports the environment names (NEURAL_GATEWAY_PORT,
+NEURAL_<SERVICE>_PORT, ... as for `make run`) where they are free, else on free ones, and
+stops and removes it at the end. The key is kept in `demo.key` beside `stack.json`
+(owner-only) and reused while the stack accepts it. Deployment and prediction join the demo
+when the deployer exists.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def find_stack(data: Path) -> dict[str, Any] | None:
         stack = json.loads((data / STACK_FILE).read_text(encoding="utf-8"))
         if not alive(int(stack["pid"])):
             return None
-        if all(listening(a) for a in stack["addresses"].values()):
+        if all(listening(a) for a in [stack["gateway"], *stack["addresses"].values()]):
             return stack
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -87,22 +91,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port(env: dict[str, str], name: str) -> str:
+    """The port the environment names under `name` while nothing holds it, else a free one:
+    the demo's own stack never lands on a port that something else (a `make run`) is using."""
+    with contextlib.suppress(KeyError, ValueError, OSError), socket.socket() as s:
+        s.bind(("127.0.0.1", int(env[name])))
+        return env[name]
+    return str(free_port())
+
+
 @contextlib.contextmanager
 def own_stack(env: dict[str, str]) -> Iterator[dict[str, Any]]:
-    """A stack for the demo alone: free ports, a temporary folder, both gone afterwards."""
+    """A stack for the demo alone: its ports, a temporary folder, both gone afterwards."""
     with tempfile.TemporaryDirectory(prefix="neural-demo-") as tmp:
-        env = env | {"NEURAL_DATA_DIR": tmp, "NEURAL_LOCAL_REDIS_PORT": str(free_port())}
+        env = env | {"NEURAL_DATA_DIR": tmp}
         # what the stack's processes leave in a temporary directory (torch's compile cache,
         # Dramatiq's metrics files) goes inside this folder, and away with it
         (Path(tmp) / "tmp").mkdir()
         env["TMPDIR"] = str(Path(tmp) / "tmp")
-        env["dramatiq_prom_port"] = str(free_port())
-        for name in ("compiler", "trainer", "tracker", "authz", "ratelimit"):
-            env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
-            env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
-            env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
-        env["NEURAL_GATEWAY_PORT"] = str(free_port())  # never the 8080 of a `make run`
-        env["NEURAL_GATEWAY_ADMIN_PORT"] = str(free_port())
+        # never a default port (the 8080 of a `make run`) unless the environment names it
+        names = ["NEURAL_LOCAL_REDIS_PORT", "dramatiq_prom_port"]
+        names += ["NEURAL_GATEWAY_PORT", "NEURAL_GATEWAY_ADMIN_PORT"]
+        for service in ("compiler", "trainer", "tracker", "authz", "ratelimit"):
+            names += [f"NEURAL_{service.upper()}_PORT", f"NEURAL_{service.upper()}_METRICS_PORT"]
+            env.pop(f"NEURAL_{service.upper()}_ADDRESS", None)
+        for name in names:
+            env[name] = port(env, name)
         print(f"0. no stack is running: starting one for the demo in {tmp}")
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
@@ -133,9 +147,14 @@ def own_stack(env: dict[str, str]) -> Iterator[dict[str, Any]]:
 
 
 def create_key(env: dict[str, str], stack: dict[str, Any]) -> str:
+    """A user key in the stack's authz service (its table in the stack's database); the
+    demo's earlier key, which no longer served, is revoked."""
     env = env | {"NEURAL_DATABASE_URL": stack["database_url"], "NEURAL_DATA_DIR": stack["data_dir"]}
     out = subprocess.run(
-        [sys.executable, "-m", "service_kit.keys", "create", "--name", "demo", "--role", "user"],
+        [
+            *(sys.executable, "-m", "gateway.authz.keys", "create", "--name", "demo"),
+            *("--role", "user", "--replace"),
+        ],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -181,10 +200,10 @@ def main() -> int:
 
 
 def run_demo(env: dict[str, str], stack: dict[str, Any]) -> int:
-    addresses = stack["addresses"]
-    compiler = compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(addresses["compiler"]))
-    trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(addresses["trainer"]))
-    tracker = tracker_pb2_grpc.TrackerServiceStub(grpc.insecure_channel(addresses["tracker"]))
+    gateway = grpc.insecure_channel(stack["gateway"])  # every service, behind one address
+    compiler = compiler_pb2_grpc.CompilerServiceStub(gateway)
+    trainer = trainer_pb2_grpc.TrainerServiceStub(gateway)
+    tracker = tracker_pb2_grpc.TrackerServiceStub(gateway)
     meta = (("authorization", f"Bearer {demo_key(env, stack, compiler)}"),)
     print("1. compile: the DSL program -> PyTorch")
     model = compiler.Compile(

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))  # the gateway package, when run as `python script
 from gateway import proxy  # noqa: E402 - needs the line above
 
 BIN = Path(sys.executable).parent
-# The gateway's services (name, module, default port), each started when its module exists.
+# The gateway's services (name, module, default port).
 GATEWAY_SERVICES = [
     ("authz", "gateway.authz", 50055),
     ("ratelimit", "gateway.ratelimit", 50056),
@@ -52,6 +52,9 @@ SERVICES = [
     ("trainer", "services.trainer", "services.trainer.worker", 1, 50052),
 ]
 WORKER_METRICS_PORT = 9191  # Dramatiq's Prometheus exporter in the training worker
+# The workers' API key: its name, and the one RPC it may call (see service_kit.delegation).
+WORKER_KEY = "platform-workers"
+DELEGATION = "/neural.v1.AuthService/IssueDelegatedToken"
 STACK_FILE = "stack.json"
 
 # Tiers, stopped from the highest down: workers need services and Redis, services need Redis.
@@ -218,18 +221,15 @@ def main() -> int:
     to_file.setFormatter(logging.Formatter(fmt))
     logging.getLogger().addHandler(to_file)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    # Workers act for a job's owner with short-lived tokens signed by this secret.
-    env.setdefault("NEURAL_JWT_SECRET", secrets.token_urlsafe(32))
+    # List/Search page tokens are signed with this: they stay valid across the services'
+    # restarts within this run.
+    env.setdefault("NEURAL_PAGE_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("NEURAL_DATABASE_URL", f"sqlite+aiosqlite:///{data / 'neural.db'}")
     env.setdefault("dramatiq_prom_port", str(WORKER_METRICS_PORT))
     # an idle worker polls Redis at least this often (ms): Dramatiq's default of 1 s would
     # add up to a second between a job's submit and its start
     env.setdefault("dramatiq_worker_timeout", "100")
-    gateway_services = [
-        (name, module, port)
-        for name, module, port in GATEWAY_SERVICES
-        if (ROOT / module.replace(".", "/") / "__main__.py").exists()
-    ]
+    gateway_services = GATEWAY_SERVICES
     addresses = {}
     # how the services (and Envoy's rendered configuration) find each other
     for name, *_, default_port in [*gateway_services, *SERVICES]:
@@ -258,18 +258,32 @@ def main() -> int:
                 print(f"local Redis did not start (see {data / 'redis.log'})", file=sys.stderr)
                 return 1
             env["NEURAL_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        if (ROOT / "gateway" / "authz" / "keys.py").exists():
-            # the authz service signs the internal tokens, the services check them: one
-            # keypair per data folder, kept across runs
-            keys = data / "keys"
-            subprocess.run(
-                [sys.executable, "-m", "gateway.authz.keys", "generate", str(keys)],
-                env=env,
-                cwd=ROOT,
-                check=True,
-            )
-            env.setdefault("NEURAL_AUTHZ_PRIVATE_KEY_FILE", str(keys / "authz_private.pem"))
-            env.setdefault("NEURAL_AUTHZ_PUBLIC_KEY_FILE", str(keys / "authz_public.pem"))
+        # The authz service signs the internal tokens, the services check them: one keypair
+        # per data folder, kept across runs. The trainer's worker gets a key of its own, an
+        # admin key scoped to IssueDelegatedToken (how it acts for a job's owner), reissued
+        # at each start.
+        keys = data / "keys"
+        subprocess.run(
+            [sys.executable, "-m", "gateway.authz.keys", "generate", str(keys)],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        env.setdefault("NEURAL_AUTHZ_PRIVATE_KEY_FILE", str(keys / "authz_private.pem"))
+        env.setdefault("NEURAL_AUTHZ_PUBLIC_KEY_FILE", str(keys / "authz_public.pem"))
+        worker_key = Path(env.setdefault("NEURAL_SERVICE_KEY_FILE", str(keys / "worker.key")))
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "gateway.authz.keys", "create", "--name", WORKER_KEY),
+                *("--role", "admin", "--scope", DELEGATION, "--replace"),
+                *("--key-file", str(worker_key)),
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         endpoints = []
         for name, module, default_port in gateway_services:
             port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
@@ -339,7 +353,7 @@ def main() -> int:
         print(f"  database   {database}")
         print(f"  logs       {data}/*.log (restarts in run_stack.log)")
         print(f"  settings   {stack_file} (how `make demo` finds this stack)")
-        print("Create a key: .venv/bin/python -m service_kit.keys create --name me --role admin")
+        print("Create a key: .venv/bin/neural-keys create --name me --role admin")
         print("Ctrl-C stops everything.", flush=True)
         stopping: list[bool] = []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from neural.v1 import auth_pb2_grpc
-from service_kit import db
-from service_kit.auth import AuthStore, Principal
+from service_kit import db, errors
+from service_kit.auth import Principal
 from service_kit.internal_token import (
     Signer,
     Verifier,
@@ -32,15 +32,21 @@ API_TOKEN_SECONDS = 3600
 
 
 class Credentials:
-    """The kit interceptor's check for calls straight to AuthService: an API key or an API
-    token. A key scoped to RPCs is refused here: only Check knows the RPC to hold it to."""
+    """The kit interceptor's check for calls straight to AuthService (workers asking for
+    tokens, tests): an API key or an API token, held to the key's RPC scopes as Check holds
+    calls through the gateway."""
 
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
 
-    async def verify(self, credential: str) -> Principal | None:
+    async def verify(self, credential: str, method: str) -> Principal | None:
         grant = await self.authorizer.grant_of(credential)
-        return grant.principal if grant is not None and not grant.scopes else None
+        if grant is None:
+            return None
+        if not grant.permits(method):
+            rpc = method.rsplit("/", 1)[-1]
+            raise errors.PermissionDenied(f"this key's scopes do not include {rpc}")
+        return grant.principal
 
 
 @dataclass
@@ -49,7 +55,6 @@ class App:
     keys: KeyStore
     audit: AuditLog
     authorizer: Authorizer
-    auth: Credentials
     spec: ServiceSpec
 
     async def close(self) -> None:
@@ -73,14 +78,12 @@ async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
     keys = KeyStore(engine)
     await keys.migrate()
-    # The kit's key table (in the same database), read for keys made with `neural-keys`.
-    legacy = AuthStore(engine)
-    await legacy.migrate()
     audit = AuditLog(engine)
-    authorizer = Authorizer(
-        keys, Verifier(publics, audience=API_AUDIENCE), Signer(private), audit, legacy
+    internal = Signer(private)
+    authorizer = Authorizer(keys, Verifier(publics, audience=API_AUDIENCE), internal, audit)
+    service = AuthService(
+        keys, audit, Signer(private, API_TOKEN_SECONDS, API_AUDIENCE), internal, publics
     )
-    service = AuthService(keys, audit, Signer(private, API_TOKEN_SECONDS, API_AUDIENCE), publics)
 
     async def database_up() -> bool:
         return await db.ping(engine)
@@ -101,5 +104,6 @@ async def build(settings: Settings) -> App:
         health_checks=[database_up],
         reflected=load_all(),
         tokens=Verifier(publics),
+        credentials=Credentials(authorizer),
     )
-    return App(engine, keys, audit, authorizer, Credentials(authorizer), spec)
+    return App(engine, keys, audit, authorizer, spec)

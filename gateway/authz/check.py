@@ -7,20 +7,27 @@ overwriting whatever the client sent, and loses `authorization` and `x-api-key`:
 long-lived secret goes no further than the door. On deny, Envoy answers the client 401 (no,
 bad, expired or revoked credentials) or 403 (a role or scope that does not allow the RPC)
 with a JSON body `{"code": ..., "message": ...}`; 404 for a path that names no RPC.
+
+Every request is decided and audited afresh; what is reused is only work whose result cannot
+differ: one key lookup shared by the concurrent requests that present the same credential,
+and the signed internal token of a principal while more than half its life is left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
-from service_kit.auth import AuthStore, Principal
+from service_kit.auth import Principal
 from service_kit.internal_token import HEADER as PRINCIPAL_HEADER
 from service_kit.internal_token import Signer, Verifier
 
@@ -64,13 +71,42 @@ def credential_of(headers: Mapping[str, str]) -> str:
     return headers.get("x-api-key", "").strip()
 
 
-def _headers(request: external_auth_pb2.CheckRequest) -> dict[str, str]:
-    http = request.attributes.request.http
+def _headers(http: external_auth_pb2.AttributeContext.HttpRequest) -> Mapping[str, str]:
+    # The ext_authz contract (attribute_context.proto): "All header keys will be lower-cased",
+    # so the map is used as it is; header_map instead when Envoy passes raw header bytes.
+    if not http.header_map.headers:
+        return http.headers
     headers = {k.lower(): v for k, v in http.headers.items()}
-    # Envoy sends header_map instead when configured to pass raw header bytes.
     for h in http.header_map.headers:
         headers[h.key.lower()] = h.value or h.raw_value.decode("utf-8", "replace")
     return headers
+
+
+class Answers:
+    """The allow answer for a principal, with its internal token, made once and handed out
+    again while more than half the token's life is left: signing (EdDSA) and building the
+    answer were most of a Check's own work. Looked up by the whole Principal (subject, role,
+    key, resources), so a principal never gets another's token; and only after the request
+    was decided and audited, so a revoked key is refused as before. Tokens handed out live no
+    longer than fresh ones would: each keeps the expiry it was signed with."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 10_000) -> None:
+        self.clock = clock
+        self.max_entries = max_entries
+        # principal -> (time to sign anew, the signer, the answer)
+        self._answers: dict[Principal, tuple[float, Signer, external_auth_pb2.CheckResponse]] = {}
+
+    def allowed(self, principal: Principal, signer: Signer) -> external_auth_pb2.CheckResponse:
+        now = self.clock()
+        hit = self._answers.get(principal)
+        if hit is not None and now < hit[0] and hit[1] is signer:
+            return hit[2]
+        answer = _allowed(principal, signer.sign(principal, now))
+        if len(self._answers) >= self.max_entries:
+            self._answers.clear()
+        # Signer.sign counts the token's life from the whole second.
+        self._answers[principal] = (int(now) + signer.ttl_seconds / 2, signer, answer)
+        return answer
 
 
 class Authorizer:
@@ -82,12 +118,8 @@ class Authorizer:
         tokens: Verifier | None,
         signer: Signer,
         audit: AuditLog,
-        legacy: AuthStore | None = None,
     ) -> None:
         self.keys = keys
-        # The kit's key table, which the services still read directly: keys made offline
-        # with `neural-keys create` (the first admin's) work through the gateway too.
-        self.legacy = legacy
         self.tokens = tokens  # checks the API tokens IssueToken hands out
         self.signer = signer  # signs the internal tokens passed upstream
         self.audit = audit
@@ -96,11 +128,7 @@ class Authorizer:
     async def grant_of(self, credential: str) -> Grant | None:
         """What an API key or an API token (JWT) allows; None when it is not valid now."""
         if credential.startswith(KEY_PREFIX):
-            grant = await self.keys.authenticate(credential)
-            if grant is None and self.legacy is not None:
-                principal = await self.legacy.verify(credential)
-                grant = Grant(principal) if principal is not None else None
-            return grant
+            return await self.keys.authenticate(credential)
         if self.tokens is None:
             return None
         principal = self.tokens.verify(credential)
@@ -125,7 +153,7 @@ class Authorizer:
             return _unauthenticated(
                 "missing credentials: send 'authorization: Bearer <api key or token>'"
             )
-        grant = await self.grant_of(credential)
+        grant = await self._grant(credential)
         if grant is None:
             return _unauthenticated("invalid, expired or revoked credentials")
         rpc = route.rpc.rsplit("/", 1)[-1]
@@ -136,11 +164,42 @@ class Authorizer:
             return _forbidden(f"this key's scopes do not include {rpc}", who)
         return who
 
+    @cached_property
+    def _lookups(self) -> dict[str, asyncio.Future[Grant | None]]:
+        """The grant lookups in flight, by credential."""
+        return {}
+
+    @cached_property
+    def _answers(self) -> Answers:
+        return Answers()
+
+    async def _grant(self, credential: str) -> Grant | None:
+        """grant_of, once for the requests in flight with the same credential: when its
+        cached check expires, they wait for one lookup rather than each making its own (a
+        lookup that started before they arrived, so no older than they are)."""
+        pending = self._lookups.get(credential)
+        if pending is not None:
+            await asyncio.wait((pending,))  # raises only when this request is cancelled
+            if not pending.cancelled():
+                return pending.result()
+            return await self.grant_of(credential)  # the first request failed: ask anew
+        pending = asyncio.get_running_loop().create_future()
+        self._lookups[credential] = pending
+        try:
+            grant = await self.grant_of(credential)
+        except BaseException:
+            pending.cancel()  # each waiting request then looks up for itself
+            raise
+        finally:
+            del self._lookups[credential]
+        pending.set_result(grant)
+        return grant
+
     async def check(
         self, request: external_auth_pb2.CheckRequest
     ) -> external_auth_pb2.CheckResponse:
         http = request.attributes.request.http
-        headers = _headers(request)
+        headers = _headers(http)
         outcome = await self.decide(http.method, http.path, headers)
         action = f"{http.method} {http.path.split('?', 1)[0]}"
         if isinstance(outcome, Denial):
@@ -150,9 +209,9 @@ class Authorizer:
             grpc = headers.get("content-type", "").startswith("application/grpc")
             return _denied(outcome, grpc)
         if outcome is None:
-            return _allowed(None, "")
+            return PUBLIC
         self.audit.record(outcome.subject, action, True, target=outcome.key_id)
-        return _allowed(outcome, self.signer.sign(outcome))
+        return self._answers.allowed(outcome, self.signer)
 
 
 def _allowed(principal: Principal | None, token: str) -> external_auth_pb2.CheckResponse:
@@ -169,6 +228,9 @@ def _allowed(principal: Principal | None, token: str) -> external_auth_pb2.Check
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK), ok_response=ok
     )
+
+
+PUBLIC = _allowed(None, "")  # the answer for a public RPC: no identity, credentials removed
 
 
 def _denied(denial: Denial, grpc: bool = False) -> external_auth_pb2.CheckResponse:

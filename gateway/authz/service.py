@@ -1,4 +1,5 @@
-"""AuthService: API keys (create, list, revoke, rotate), API tokens, WhoAmI, the audit log.
+"""AuthService: API keys (create, list, revoke, rotate), API tokens, workers' delegated
+tokens, WhoAmI, the audit log.
 
 The kit's interceptor has checked the caller and the RPC's role (from the protos) before a
 handler runs; handlers add what depends on the key itself: non-admins see and change only
@@ -28,6 +29,7 @@ ROLE_NAMES = {
     auth_pb2.ROLE_VIEWER: "viewer",
 }
 ROLE_ENUMS = {v: k for k, v in ROLE_NAMES.items()}
+MAX_SUBJECT = 200
 
 
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -50,6 +52,7 @@ def api_key_message(record: KeyRecord) -> auth_pb2.ApiKey:
         last_used_time=_ts(record.last_used_at),
         revoked=record.revoked_at is not None,
         scopes=list(record.scopes),
+        resources=list(record.resources),
     )
 
 
@@ -88,7 +91,12 @@ def jwk(public_key: Ed25519PublicKey) -> auth_pb2.JsonWebKey:
 
 
 def _principal_message(who: Principal) -> auth_pb2.Principal:
-    return auth_pb2.Principal(subject=who.subject, role=ROLE_ENUMS[who.role], key_id=who.key_id)
+    return auth_pb2.Principal(
+        subject=who.subject,
+        role=ROLE_ENUMS[who.role],
+        key_id=who.key_id,
+        resources=list(who.resources),
+    )
 
 
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
@@ -97,11 +105,13 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         keys: KeyStore,
         audit: AuditLog,
         api_tokens: Signer,
+        internal: Signer,
         public_keys: list[Ed25519PublicKey],
     ) -> None:
         self.keys = keys
         self.audit = audit
         self.api_tokens = api_tokens  # signs the bearer tokens IssueToken hands out
+        self.internal = internal  # signs the tokens services trust (IssueDelegatedToken)
         self.jwks = auth_pb2.JsonWebKeySet(keys=[jwk(k) for k in public_keys])
 
     async def _own_key(self, key_id: str, action: str) -> KeyRecord:
@@ -121,7 +131,13 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         role = ROLE_NAMES.get(request.role, "user")
         expires = _expiry(request) if request.HasField("expire_time") else None
         record, key = await self.keys.create(
-            request.name, role, request.name, who.subject, expires, tuple(request.scopes)
+            request.name,
+            role,
+            request.name,
+            who.subject,
+            expires,
+            tuple(request.scopes),
+            tuple(request.resources),
         )
         self.audit.record(who.subject, "CreateApiKey", True, target=record.id)
         return auth_pb2.CreateApiKeyResponse(key=key, api_key=api_key_message(record))
@@ -182,6 +198,25 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             access_token=self.api_tokens.sign(grant.principal),
             token_type="Bearer",
             expires_in=self.api_tokens.ttl_seconds,
+        )
+
+    async def IssueDelegatedToken(
+        self, request: auth_pb2.IssueDelegatedTokenRequest, context: object
+    ) -> auth_pb2.IssueTokenResponse:
+        who = principal()
+        subject = request.subject.strip()
+        if not subject or len(subject) > MAX_SUBJECT:
+            why = f"must be 1 to {MAX_SUBJECT} characters"
+            raise errors.InvalidArgument(f"subject: {why}", [errors.FieldViolation("subject", why)])
+        role = ROLE_NAMES.get(request.role, "user")
+        if not who.allows(role):
+            self.audit.record(who.subject, "IssueDelegatedToken", False, "role above own", subject)
+            raise errors.PermissionDenied(f"role: no more than your own ({who.role})")
+        # The caller's own resource limits travel with the token: delegation never widens.
+        token = self.internal.sign(Principal(subject, role, who.key_id, who.resources))
+        self.audit.record(who.subject, "IssueDelegatedToken", True, target=subject)
+        return auth_pb2.IssueTokenResponse(
+            access_token=token, token_type="Internal", expires_in=self.internal.ttl_seconds
         )
 
     async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: object) -> auth_pb2.Principal:

@@ -1,5 +1,5 @@
 """The API keys the authz service owns: hashed, shown once, found by prefix, expiring,
-revocable, rotatable with an overlap window, optionally scoped to RPCs.
+revocable, rotatable with an overlap window, optionally scoped to RPCs and to resources.
 
 Checks are cached for at most `cache_seconds` (1 s by default): a revoked key stops working
 everywhere within that, and at once in the process that revoked it."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 from service_kit import db, errors, pagination
 from service_kit.auth import ROLES, Principal
+from service_kit.roles import collections
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,6 +32,8 @@ LAST_USED_EVERY = dt.timedelta(minutes=1)  # how fresh last_used_at is kept, at 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_authz"
 LISTING = "authz_api_keys"  # what ListApiKeys' page tokens page through
+MAX_LIMITS = 100  # scopes, and resources, of one key
+_RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def digest(key: str) -> str:
@@ -57,6 +61,7 @@ class KeyRecord:
     scopes: tuple[str, ...]
     replaced_by: str | None
     last_used_at: dt.datetime | None = None
+    resources: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, row: Any) -> KeyRecord:
@@ -73,6 +78,7 @@ class KeyRecord:
             scopes=tuple(row.scopes.split()) if row.scopes else (),
             replaced_by=row.replaced_by,
             last_used_at=_utc(getattr(row, "last_used_at", None)),
+            resources=tuple(row.resources.split()) if row.resources else (),
         )
 
     def usable(self, now: dt.datetime) -> bool:
@@ -81,7 +87,8 @@ class KeyRecord:
 
 @dataclass(frozen=True)
 class Grant:
-    """What a credential allows: who it names, and the RPCs it is limited to (none: all)."""
+    """What a credential allows: who it names (with the resources it is limited to), and the
+    RPCs it is limited to (none: all)."""
 
     principal: Principal
     scopes: frozenset[str] = frozenset()
@@ -109,9 +116,10 @@ class KeyStore:
         created_by: str,
         expires_at: dt.datetime | None = None,
         scopes: tuple[str, ...] = (),
+        resources: tuple[str, ...] = (),
     ) -> tuple[KeyRecord, str]:
         """A new key: its record and the plaintext, which is not stored anywhere."""
-        _check(name, role, expires_at, scopes)
+        _check(name, role, expires_at, scopes, resources)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         values = {
             "id": str(uuid.uuid4()),
@@ -125,6 +133,7 @@ class KeyStore:
             "expires_at": expires_at,
             "revoked_at": None,
             "scopes": " ".join(scopes),
+            "resources": " ".join(resources),
             "replaced_by": None,
         }
         async with db.transaction(self.sessions) as s:
@@ -181,6 +190,7 @@ class KeyStore:
                 "expires_at": old.expires_at,
                 "revoked_at": None,
                 "scopes": " ".join(old.scopes),
+                "resources": " ".join(old.resources),
                 "replaced_by": None,
             }
             await s.execute(api_keys.insert().values(**values))
@@ -244,7 +254,7 @@ class KeyStore:
             if hmac.compare_digest(row.key_hash, wanted):
                 record = KeyRecord.of(row)
                 if record.usable(at):
-                    principal = Principal(record.owner, record.role, record.id)
+                    principal = Principal(record.owner, record.role, record.id, record.resources)
                     grant = Grant(principal, frozenset(record.scopes))
                     if record.last_used_at is None or at - record.last_used_at > LAST_USED_EVERY:
                         await self._used(record.id, at)
@@ -263,11 +273,6 @@ class KeyStore:
         record = await self.get(key_id)
         return record is not None and record.usable(dt.datetime.now(dt.UTC))
 
-    async def verify(self, credential: str) -> Principal | None:
-        """The kit interceptor's question, for the authz service's own RPCs (API keys)."""
-        grant = await self.authenticate(credential)
-        return grant.principal if grant else None
-
 
 class _Row:
     """Inserted values read like a fetched row, so both become a KeyRecord the same way."""
@@ -276,7 +281,13 @@ class _Row:
         self.__dict__.update(values)
 
 
-def _check(name: str, role: str, expires_at: dt.datetime | None, scopes: tuple[str, ...]) -> None:
+def _check(
+    name: str,
+    role: str,
+    expires_at: dt.datetime | None,
+    scopes: tuple[str, ...],
+    resources: tuple[str, ...],
+) -> None:
     problems = []
     if not name.strip() or len(name) > 200:
         problems.append(errors.FieldViolation("name", "must be 1 to 200 characters"))
@@ -292,6 +303,21 @@ def _check(name: str, role: str, expires_at: dt.datetime | None, scopes: tuple[s
                 )
             )
             break
+    kinds = collections()
+    for resource in resources:
+        kind, _, rid = resource.partition("/")
+        if kind not in kinds or not _RESOURCE_ID.match(rid):
+            problems.append(
+                errors.FieldViolation(
+                    "resources",
+                    f"{resource[:100]!r} is not a resource like runs/<id> "
+                    f"(one of {', '.join(sorted(kinds))})",
+                )
+            )
+            break
+    if len(scopes) > MAX_LIMITS or len(resources) > MAX_LIMITS:
+        field = "scopes" if len(scopes) > MAX_LIMITS else "resources"
+        problems.append(errors.FieldViolation(field, f"at most {MAX_LIMITS}"))
     if problems:
         raise errors.InvalidArgument(
             "; ".join(f"{p.field}: {p.description}" for p in problems), problems

@@ -23,6 +23,8 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True)),
     # Space-separated gRPC paths the key may call; empty: whatever its role allows.
     Column("scopes", Text, nullable=False, server_default=""),
+    # Space-separated resources ("runs/<id>") the key may act on; empty: any its owner may.
+    Column("resources", Text, nullable=False, server_default=""),
     # Set when the key was rotated: the key that replaced it (its own expiry is the overlap).
     Column("replaced_by", String(36)),
     # When the key last got a call in, to the minute: finds keys nobody uses any more.

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from neural.v1 import compiler_pb2_grpc
 from service_kit import db, webhooks
-from service_kit.auth import AuthStore
 from service_kit.broker import setup_broker
 from service_kit.jobs import JobStore
 from service_kit.server import ServiceSpec, dependency_checks
@@ -26,7 +25,6 @@ VERSION_TABLE = "alembic_version_compiler"
 @dataclass
 class App:
     engine: AsyncEngine
-    auth: AuthStore
     jobs: JobStore
     registry: Registry
     exports: ExportQueue
@@ -37,15 +35,13 @@ class App:
         await self.engine.dispose()
 
 
-async def migrate(engine: AsyncEngine, auth: AuthStore) -> None:
-    await auth.migrate()
+async def migrate(engine: AsyncEngine) -> None:
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
 
 
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
-    auth = AuthStore(engine, settings.jwt_secret)
-    await migrate(engine, auth)
+    await migrate(engine)
     setup_broker(settings)  # the server sends by name (tasks.py); the actors live in the worker
     sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.webhook_deliveries)
     jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
@@ -66,4 +62,4 @@ async def build(settings: Settings) -> App:
         METHOD_ROLES,
         health_checks=dependency_checks(engine, settings.redis_url),
     )
-    return App(engine, auth, jobs, registry, exports, spec)
+    return App(engine, jobs, registry, exports, spec)

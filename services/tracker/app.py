@@ -7,7 +7,6 @@ from pathlib import Path
 
 from neural.v1 import tracker_pb2_grpc
 from service_kit import db
-from service_kit.auth import AuthStore
 from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +22,6 @@ VERSION_TABLE = "alembic_version_tracker"
 @dataclass
 class App:
     engine: AsyncEngine
-    auth: AuthStore
     store: TrackerStore
     spec: ServiceSpec
 
@@ -33,8 +31,6 @@ class App:
 
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
-    auth = AuthStore(engine, settings.jwt_secret)
-    await auth.migrate()
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
     store = TrackerStore(engine)
     service = TrackerService(
@@ -50,4 +46,4 @@ async def build(settings: Settings) -> App:
         METHOD_ROLES,
         health_checks=dependency_checks(engine, settings.redis_url),
     )
-    return App(engine, auth, store, spec)
+    return App(engine, store, spec)

@@ -9,7 +9,6 @@ from pathlib import Path
 from neural.v1 import trainer_pb2_grpc
 from prometheus_client import REGISTRY
 from service_kit import db, webhooks
-from service_kit.auth import AuthStore
 from service_kit.broker import QueueDepth, setup_broker
 from service_kit.jobs import JobStore
 from service_kit.server import ServiceSpec, dependency_checks
@@ -27,7 +26,6 @@ VERSION_TABLE = "alembic_version_trainer"
 @dataclass
 class App:
     engine: AsyncEngine
-    auth: AuthStore
     jobs: JobStore
     spec: ServiceSpec
 
@@ -37,8 +35,6 @@ class App:
 
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
-    auth = AuthStore(engine, settings.jwt_secret)
-    await auth.migrate()
     await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
     setup_broker(settings)  # the server sends by name (tasks.py); the actors live in the worker
     sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.deliveries)
@@ -70,4 +66,4 @@ async def build(settings: Settings) -> App:
         METHOD_ROLES,
         health_checks=dependency_checks(engine, settings.redis_url),
     )
-    return App(engine, auth, jobs, spec)
+    return App(engine, jobs, spec)

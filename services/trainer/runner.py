@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from neural_dsl import DSLError
 from service_kit import db, lifecycle
+from service_kit.delegation import OwnerTokens
 from service_kit.jobs import JobStore
 from service_kit.lifecycle import Lifecycle
 from service_kit.settings import Settings, service_address
@@ -31,7 +32,7 @@ from .run_params import run_params
 from .tracker_client import FAILED as RUN_FAILED
 from .tracker_client import FINISHED as RUN_FINISHED
 from .tracker_client import KILLED as RUN_KILLED
-from .tracker_client import TrackerClient, owner_token
+from .tracker_client import TrackerClient
 
 PROGRESS_EVERY_S = 1.0  # batch-level progress updates, at most this often
 CANCEL_POLL_S = 0.25
@@ -69,24 +70,28 @@ class Resources:
     engine: AsyncEngine
     jobs: JobStore
     datasets: DatasetStore
+    # How the worker acts for a job's owner at the tracker; None when auth is disabled.
+    tokens: OwnerTokens | None
 
     @classmethod
     def open(cls, settings: Settings, sender: WebhookSender | None = None) -> Resources:
         engine = db.make_engine(settings.database_url)
+        tokens = None
+        if not settings.auth_disabled:
+            tokens = OwnerTokens(service_address("authz"), settings.service_key_file)
         return cls(
             settings,
             engine,
             JobStore(engine, tables.jobs, settings.redis_url, sender),
             DatasetStore(engine, settings.storage_dir, 0),
+            tokens,
         )
 
     def workdir(self, job_id: str) -> Path:
         return self.settings.storage_dir / "training" / job_id
 
     def tracker(self, owner: str) -> TrackerClient:
-        return TrackerClient(
-            service_address("tracker"), owner_token(self.settings.jwt_secret, owner)
-        )
+        return TrackerClient(service_address("tracker"), self.tokens, owner)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -1,7 +1,7 @@
 """The worker's side of the tracker: each job is a tracker run, reached over gRPC only.
 
-The worker acts for the job's owner: it signs a short-lived JWT with the platform's shared
-secret (NEURAL_JWT_SECRET), so the run lands in the owner's experiment and nowhere else.
+The worker acts for the job's owner with internal tokens the authz service issues to it
+(`service_kit.delegation`), so the run lands in the owner's experiment and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import grpc
-import jwt
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 
 CHUNK = 256 * 1024
@@ -23,22 +23,27 @@ FINISHED, FAILED, KILLED = (
 )
 
 
-def owner_token(secret: str, owner: str, role: str = "user", seconds: int = 3600) -> str:
-    if not secret:
-        raise RuntimeError("NEURAL_JWT_SECRET is not set: the worker cannot act for job owners")
-    now = int(time.time())
-    claims = {"sub": owner, "role": role, "iat": now, "exp": now + seconds, "kid": "trainer"}
-    return jwt.encode(claims, secret, algorithm="HS256")
+class TokenSource(Protocol):
+    """Call metadata naming a subject (OwnerTokens: tokens the authz service issues)."""
+
+    async def metadata(self, subject: str, role: str = "user") -> tuple[tuple[str, str], ...]: ...
 
 
 class TrackerClient:
     """The few tracker calls a training job makes, with the owner's identity."""
 
-    def __init__(self, address: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, address: str, tokens: TokenSource | None, owner: str, timeout: float = 30.0
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(address)
         self.stub = tracker_pb2_grpc.TrackerServiceStub(self.channel)
-        self.meta = (("authorization", f"Bearer {token}"),)
+        self.tokens = tokens
+        self.owner = owner
         self.timeout = timeout
+
+    async def _meta(self) -> tuple[tuple[str, str], ...]:
+        # Asked for at each call: a job outlives any one token. None: auth is disabled.
+        return await self.tokens.metadata(self.owner) if self.tokens is not None else ()
 
     async def close(self) -> None:
         await self.channel.close()
@@ -50,7 +55,7 @@ class TrackerClient:
         try:
             exp = await self.stub.CreateExperiment(
                 tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name=name)),
-                metadata=self.meta,
+                metadata=await self._meta(),
                 timeout=self.timeout,
             )
             return exp.id
@@ -63,7 +68,7 @@ class TrackerClient:
                 tracker_pb2.ListExperimentsRequest(
                     name=name, page_size=1000, page_token=token, include_deleted=True
                 ),
-                metadata=self.meta,
+                metadata=await self._meta(),
                 timeout=self.timeout,
             )
             for exp in page.experiments:
@@ -72,7 +77,7 @@ class TrackerClient:
                 if exp.HasField("delete_time"):
                     await self.stub.RestoreExperiment(
                         tracker_pb2.RestoreExperimentRequest(id=exp.id),
-                        metadata=self.meta,
+                        metadata=await self._meta(),
                         timeout=self.timeout,
                     )
                 return exp.id
@@ -88,7 +93,7 @@ class TrackerClient:
                 experiment_id=experiment_id,
                 run=tracker_pb2.Run(name=name, job_id=job_id, tags=dict(tags)),
             ),
-            metadata=self.meta,
+            metadata=await self._meta(),
             timeout=self.timeout,
         )
         return run.id
@@ -96,14 +101,14 @@ class TrackerClient:
     async def last_step(self, run_id: str, key: str) -> int:
         """The newest step logged for `key` (0 when none): a resumed job logs only later ones."""
         run = await self.stub.GetRun(
-            tracker_pb2.GetRunRequest(id=run_id), metadata=self.meta, timeout=self.timeout
+            tracker_pb2.GetRunRequest(id=run_id), metadata=await self._meta(), timeout=self.timeout
         )
         return max((m.step for m in run.latest_metrics if m.key == key), default=0)
 
     async def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         await self.stub.LogParams(
             tracker_pb2.LogParamsRequest(run_id=run_id, params=dict(params)),
-            metadata=self.meta,
+            metadata=await self._meta(),
             timeout=self.timeout,
         )
 
@@ -116,7 +121,7 @@ class TrackerClient:
             metrics.append(m)
         await self.stub.LogMetrics(
             tracker_pb2.LogMetricsRequest(run_id=run_id, metrics=metrics),
-            metadata=self.meta,
+            metadata=await self._meta(),
             timeout=self.timeout,
         )
 
@@ -125,7 +130,7 @@ class TrackerClient:
         run.end_time.GetCurrentTime()
         await self.stub.UpdateRun(
             tracker_pb2.UpdateRunRequest(run=run, update_mask={"paths": ["status", "end_time"]}),
-            metadata=self.meta,
+            metadata=await self._meta(),
             timeout=self.timeout,
         )
 
@@ -152,7 +157,9 @@ class TrackerClient:
                 chunk=common_pb2.Chunk(offset=offset, sha256=digest.hexdigest())
             )
 
-        await self.stub.UploadArtifact(chunks(), metadata=self.meta, timeout=self.timeout * 4)
+        await self.stub.UploadArtifact(
+            chunks(), metadata=await self._meta(), timeout=self.timeout * 4
+        )
 
     async def upload_all(self, run_id: str, files: Iterable[tuple[str, Path]]) -> list[str]:
         names = []

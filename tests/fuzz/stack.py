@@ -6,14 +6,12 @@ requests can use."""
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import jwt
 from neural.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -28,9 +26,8 @@ from neural.v1 import (
 from service_kit.auth import Principal
 from service_kit.internal_token import Signer, load_private_key
 
-from gateway.authz import keys
 from gateway.authz.app import API_AUDIENCE, API_TOKEN_SECONDS
-from tests.services.conftest import free_port
+from tests import tokens
 from tests.services.trainer_stack import TrainerStack, make_trainer_stack
 
 SERVICES = ("tracker", "compiler", "trainer")
@@ -64,44 +61,41 @@ CSV = b"a,b,label\n" + b"".join(f"{i / 10},{i % 3},{i % 2}\n".encode() for i in 
 
 def start(tmp: Path, database_url: str, servers: tuple[str, ...] = SERVICES) -> TrainerStack:
     stack = make_trainer_stack(tmp, database_url)
-    env = stack.env
-    env["NEURAL_DATABASE_URL"] = database_url
-    private, public = keys.generate(tmp / "authz-keys")
-    env["NEURAL_AUTHZ_PRIVATE_KEY_FILE"] = str(private)
-    env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"] = str(public)
-    stack.ports["authz"] = free_port()
-    env["NEURAL_AUTHZ_PORT"] = str(stack.ports["authz"])
-    env["NEURAL_AUTHZ_METRICS_PORT"] = str(free_port())
+    stack.env["NEURAL_DATABASE_URL"] = database_url
     stack.start_redis()
-    for name in servers:  # one by one: each migrates the shared auth tables at start
+    for name in servers:  # one by one: each migrates its tables at start
         if name == "authz":
-            stack.start(name, [sys.executable, "-m", "gateway.authz"])
+            stack.start_authz()
         else:
             stack.start_service(name)
-        stack.wait_service(name)
+            stack.wait_service(name)
     return stack
 
 
-def token(stack: TrainerStack, role: str, subject: str | None = None) -> str:
-    """A JWT the services accept, signed with the stack's secret, as the authz service would
-    issue one."""
-    now = int(time.time())
-    claims = {"sub": subject or f"fuzz-{role}", "role": role, "iat": now, "exp": now + 3600}
-    return jwt.encode(claims, stack.env["NEURAL_JWT_SECRET"], algorithm="HS256")
+def token(role: str, subject: str | None = None) -> str:
+    """An internal token the services accept, signed as the authz service signs one."""
+    return tokens.sign(subject or f"fuzz-{role}", role)
 
 
-def authz_token(stack: TrainerStack, role: str) -> str:
+def authz_token(role: str) -> str:
     """An API token the authz service accepts for `role`, signed with its private key as
     IssueToken signs one, but bound to no API key: no RevokeApiKey or RotateApiKey the fuzz
     sends can take the fuzz's own credentials away (a token IssueToken made from a key dies
     with that key, and a key is what those RPCs reach)."""
-    private = load_private_key(stack.env["NEURAL_AUTHZ_PRIVATE_KEY_FILE"])
-    signer = Signer(private, API_TOKEN_SECONDS, API_AUDIENCE)
+    signer = Signer(load_private_key(tokens.private_key_file()), API_TOKEN_SECONDS, API_AUDIENCE)
     return signer.sign(Principal(f"fuzz-{role}", role))
 
 
-def metadata(bearer: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {bearer}"),)
+def credentials(server: str, role: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata for `role` at `server`: an API token for the authz service (what it
+    checks itself), an internal token for the others (what the gateway would pass them)."""
+    if server == "authz":
+        return bearer(authz_token(role))
+    return tokens.meta(token(role))
+
+
+def bearer(credential: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {credential}"),)
 
 
 def _artifact(run_id: str, path: str, data: bytes) -> Iterator[tracker_pb2.ArtifactChunk]:
@@ -120,11 +114,11 @@ def _dataset(name: str, data: bytes) -> Iterator[common_pb2.Chunk]:
     yield common_pb2.Chunk(offset=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def seed(stack: TrainerStack, bearer: str) -> dict[str, list[Any]]:
-    """Records owned by `bearer`'s subject (an experiment with two runs, their params, tags,
-    metrics, one of values near the largest double, an artifact, a compiled model, a compile
-    job, a dataset, a training and a search job) and the values requests may draw."""
-    md = metadata(bearer)
+def seed(stack: TrainerStack, md: tuple[tuple[str, str], ...]) -> dict[str, list[Any]]:
+    """Records owned by the subject of metadata `md` (an experiment with two runs, their
+    params, tags, metrics, one of values near the largest double, an artifact, a compiled
+    model, a compile job, a dataset, a training and a search job) and the values requests may
+    draw."""
     tracker = tracker_pb2_grpc.TrackerServiceStub(
         grpc.insecure_channel(stack.address_of("tracker"))
     )
@@ -229,10 +223,10 @@ def seed(stack: TrainerStack, bearer: str) -> dict[str, list[Any]]:
     }
 
 
-def seed_authz(stack: TrainerStack, bearer: str) -> dict[str, list[Any]]:
-    """API keys of each role made by `bearer`'s admin (one scoped to an RPC), and the values
-    AuthService requests may draw: their ids and secrets, subjects, scopes, overlaps."""
-    md = metadata(bearer)
+def seed_authz(stack: TrainerStack, md: tuple[tuple[str, str], ...]) -> dict[str, list[Any]]:
+    """API keys of each role made by the admin of metadata `md` (one scoped to an RPC), and
+    the values AuthService requests may draw: their ids and secrets, subjects, scopes,
+    overlaps."""
     scopes = ["/neural.v1.CompilerService/Validate", "/neural.v1.TrackerService/ListRuns"]
     with grpc.insecure_channel(stack.address_of("authz")) as channel:
         auth = auth_pb2_grpc.AuthServiceStub(channel)

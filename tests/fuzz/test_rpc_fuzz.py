@@ -168,7 +168,7 @@ def fuzz(
     method: descriptor.MethodDescriptor,
     channel: grpc.Channel,
     pools: Pools,
-    tokens: dict[str, str],
+    creds: dict[str, tuple[tuple[str, str], ...]],
     figures: Figures,
 ) -> str:
     """Run one RPC's examples; the shrunk failing example, or "" when none failed."""
@@ -188,7 +188,7 @@ def fuzz(
     )
     @given(messages=messages, role=st.sampled_from(ROLE_WEIGHTS))
     def call(messages: list[Any], role: str) -> None:
-        outcome = invoke(channel, method, messages, fuzz_stack.metadata(tokens[role]))
+        outcome = invoke(channel, method, messages, creds[role])
         figures.examples += 1
         figures.codes[outcome.code.name] = figures.codes.get(outcome.code.name, 0) + 1
         if outcome.code in BAD or (not method.server_streaming and outcome.code in stuck):
@@ -221,18 +221,13 @@ def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def test_no_rpc_ends_internal_and_every_server_keeps_serving(servers: Any) -> None:
     database, stack = servers
-    tokens = {
-        name: {
-            role: fuzz_stack.authz_token(stack, role)
-            if name == "authz"
-            else fuzz_stack.token(stack, role)
-            for role in fuzz_stack.ROLES
-        }
+    creds = {
+        name: {role: fuzz_stack.credentials(name, role) for role in fuzz_stack.ROLES}
         for name in fuzz_stack.SERVERS
     }
-    pools = fuzz_stack.seed(stack, tokens["tracker"]["admin"])
+    pools = fuzz_stack.seed(stack, creds["tracker"]["admin"])
     # AuthService's requests draw its own records: API keys' ids and secrets, not runs'.
-    authz_pools = {**pools, **fuzz_stack.seed_authz(stack, tokens["authz"]["admin"])}
+    authz_pools = {**pools, **fuzz_stack.seed_authz(stack, creds["authz"]["admin"])}
     where = {svc: name for name in fuzz_stack.SERVERS for svc in served_by(stack.address_of(name))}
     figures = Figures(database)
     RECORDED.append(figures)
@@ -247,7 +242,7 @@ def test_no_rpc_ends_internal_and_every_server_keeps_serving(servers: Any) -> No
         for method in service.methods:
             figures.rpcs += 1
             drawn = authz_pools if server == "authz" else pools
-            found = fuzz(method, channels[server], drawn, tokens[server], figures)
+            found = fuzz(method, channels[server], drawn, creds[server], figures)
             if found:
                 findings.append(f"{service.name}.{method.name}: {found}")
             if not healthy(stack, server):
@@ -257,17 +252,17 @@ def test_no_rpc_ends_internal_and_every_server_keeps_serving(servers: Any) -> No
                 )
             if method.name.startswith(("Delete", "Purge")):
                 # the records the pools name may be gone: make new ones
-                pools = fuzz_stack.seed(stack, tokens["tracker"]["admin"])
+                pools = fuzz_stack.seed(stack, creds["tracker"]["admin"])
             elif method.name.startswith(("Revoke", "Rotate")):
                 # the seeded keys may be revoked or expiring: make new ones
-                fresh = fuzz_stack.seed_authz(stack, tokens["authz"]["admin"])
+                fresh = fuzz_stack.seed_authz(stack, creds["authz"]["admin"])
                 authz_pools = {**pools, **fresh}
     # The callers' own credentials outlived the run (RevokeApiKey and RotateApiKey reach API
     # keys; the authz callers' tokens are bound to none): an UNAUTHENTICATED midway would have
     # hidden every later AuthService call behind the door.
     auth = auth_pb2_grpc.AuthServiceStub(channels["authz"])
-    for role, bearer in tokens["authz"].items():
-        who = auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=fuzz_stack.metadata(bearer))
+    for role, md in creds["authz"].items():
+        who = auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=md)
         assert who.subject == f"fuzz-{role}"
     for channel in channels.values():
         channel.close()

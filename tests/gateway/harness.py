@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,9 +140,12 @@ def serving(port: int) -> bool:
     return status.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def create_key(env: Mapping[str, str], name: str, role: str) -> str:
+def create_key(env: Mapping[str, str], name: str, role: str, program: Sequence[str] = ()) -> str:
+    """A key made offline in the authz service's table, by `program` (by default
+    `python -m gateway.authz.keys`; the installed `neural-keys` is the same)."""
+    program = program or (sys.executable, "-m", "gateway.authz.keys")
     out = subprocess.run(
-        [sys.executable, "-m", "service_kit.keys", "create", "--name", name, "--role", role],
+        [*program, "create", "--name", name, "--role", role],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -180,7 +183,7 @@ def start_platform(
         "NEURAL_REDIS_URL": redis_url(redis_db),
         "NEURAL_DATA_DIR": str(tmp),
         "NEURAL_STORAGE_DIR": str(tmp / "storage"),
-        "NEURAL_JWT_SECRET": "gateway-e2e-secret-" + "x" * 32,
+        "NEURAL_PAGE_TOKEN_SECRET": "gateway-e2e-secret-" + "x" * 32,
         "NEURAL_AUTHZ_PRIVATE_KEY_FILE": str(tmp / "keys" / "authz_private.pem"),
         "NEURAL_AUTHZ_PUBLIC_KEY_FILE": str(tmp / "keys" / "authz_public.pem"),
         "TF_CPP_MIN_LOG_LEVEL": "2",

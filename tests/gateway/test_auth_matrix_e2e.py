@@ -2,9 +2,11 @@
 trainer services (enumerated from the neural.v1 descriptors, each RPC's role read from the
 protos' `required_role` option) called over gRPC with an empty request under every kind of
 credential. Bad credentials of any kind are UNAUTHENTICATED, a role below the RPC's or a key
-scoped elsewhere is PERMISSION_DENIED, and an allowed caller reaches the handler (whatever it
-then answers to an empty request, it is the handler's answer, never an auth refusal or a
-crash). And a service reached directly trusts no internal token authz did not sign."""
+scoped elsewhere (to other RPCs, or to one run) is PERMISSION_DENIED, and an allowed caller
+reaches the handler (whatever it then answers to an empty request, it is the handler's answer,
+never an auth refusal or a crash). A service reached directly trusts no internal token authz
+did not sign, and no API key at all. A key limited to one run reaches that run, over gRPC and
+REST, and nothing else."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import httpx
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from neural.v1 import auth_pb2, auth_pb2_grpc
+from neural.v1 import auth_pb2, auth_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 from service_kit.auth import Principal
 from service_kit.internal_token import HEADER, Signer, load_private_key
 from service_kit.roles import ROLES, load_all, public_methods, service_roles
@@ -80,6 +83,7 @@ ROLE_OF = {
     "viewer key with a forged admin x-neural-principal": "viewer",
 }
 SCOPED = "user key scoped to Validate"
+LIMITED = "user key limited to one run"
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ def credentials(
     user = create(auth_pb2.ROLE_USER).key
     admin = create(auth_pb2.ROLE_ADMIN).key
     scoped = create(auth_pb2.ROLE_USER, scopes=[SCOPE]).key
+    limited = create(auth_pb2.ROLE_USER, resources=["runs/r-0"]).key
 
     revoked = create(auth_pb2.ROLE_USER)
     stub.RevokeApiKey(
@@ -210,6 +215,7 @@ def credentials(
         "user JWT": bearer(token.access_token),
         "viewer key with a forged admin x-neural-principal": (*bearer(viewer), forged),
         SCOPED: bearer(scoped),
+        LIMITED: bearer(limited),
     }
 
 
@@ -226,10 +232,12 @@ def expectation(rpc: Rpc, kind: str) -> grpc.StatusCode | None:
     """The status the call must end with, or None for "reaches the handler"."""
     if kind in NOBODY:
         return grpc.StatusCode.UNAUTHENTICATED
-    role = "user" if kind == SCOPED else ROLE_OF[kind]
+    role = "user" if kind in (SCOPED, LIMITED) else ROLE_OF[kind]
     if ROLES.index(role) < ROLES.index(rpc.role):
         return grpc.StatusCode.PERMISSION_DENIED
     if kind == SCOPED and rpc.path != SCOPE:
+        return grpc.StatusCode.PERMISSION_DENIED
+    if kind == LIMITED:  # an empty request names no run, let alone runs/r-0
         return grpc.StatusCode.PERMISSION_DENIED
     return None
 
@@ -273,14 +281,60 @@ def test_a_forged_internal_token_straight_to_a_service_is_unauthenticated(
         "for the API audience": Signer(private, 60, "neural-api").sign(admin),
         "not a token": "forged",
     }
+    root = platform.metadata("root")  # an admin API key: the gateway's credential, not theirs
     wrong = []
     for rpc in every_rpc():
         if not rpc.role:
             continue
-        port = platform.ports[SERVICES[rpc.path.split("/")[1]]]
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            for what, token in tokens.items():
-                got = call(channel, rpc, ((HEADER, token),))
+        server = SERVICES[rpc.path.split("/")[1]]
+        attempts = {f"a token {what}": ((HEADER, token),) for what, token in tokens.items()}
+        if server != "authz":  # the authz service checks API keys itself
+            attempts["an admin API key"] = root
+        with grpc.insecure_channel(f"127.0.0.1:{platform.ports[server]}") as channel:
+            for what, metadata in attempts.items():
+                got = call(channel, rpc, metadata)
                 if got != grpc.StatusCode.UNAUTHENTICATED:
-                    wrong.append(f"{rpc.path} with a token {what}: {got.name}")
+                    wrong.append(f"{rpc.path} with {what}: {got.name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_key_limited_to_one_run_reaches_it_alone_over_grpc_and_rest(
+    platform: Platform, gateway: grpc.Channel
+) -> None:
+    root = platform.metadata("root")
+    tracker = tracker_pb2_grpc.TrackerServiceStub(gateway)
+    experiment = tracker.CreateExperiment(
+        tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name="limits")),
+        metadata=root,
+    )
+    mine, other = (
+        tracker.CreateRun(
+            tracker_pb2.CreateRunRequest(experiment_id=experiment.id), metadata=root
+        ).id
+        for _ in range(2)
+    )
+    # An admin's key (so root's runs are in its reach at all), limited to one of them.
+    limited = auth_pb2.CreateApiKeyRequest(
+        name="ci-run", role=auth_pb2.ROLE_ADMIN, resources=[f"runs/{mine}"]
+    )
+    key = auth_pb2_grpc.AuthServiceStub(gateway).CreateApiKey(limited, metadata=root).key
+    md = bearer(key)
+    tracker.LogMetrics(
+        tracker_pb2.LogMetricsRequest(
+            run_id=mine, metrics=[tracker_pb2.Metric(key="loss", value=0.5, step=1)]
+        ),
+        metadata=md,
+    )
+    assert tracker.GetRun(tracker_pb2.GetRunRequest(id=mine), metadata=md).id == mine
+    for refused_call in (
+        lambda: tracker.GetRun(tracker_pb2.GetRunRequest(id=other), metadata=md),
+        lambda: tracker.SearchRuns(tracker_pb2.SearchRunsRequest(), metadata=md),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            refused_call()
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    url = platform.gateway.url
+    headers = {"authorization": f"Bearer {key}"}
+    assert httpx.get(f"{url}/v1/runs/{mine}", headers=headers, timeout=30).status_code == 200
+    denied = httpx.get(f"{url}/v1/runs/{other}", headers=headers, timeout=30)
+    assert denied.status_code == 403 and "limited to runs/" in denied.json()["message"]

@@ -22,13 +22,15 @@ from service_kit.internal_token import HEADER, Signer, Verifier, load_private_ke
 
 from gateway.authz import keys
 from tests.conftest import ROOT
-from tests.services.stack import Stack, make_stack
+from tests.gateway.harness import create_key
+from tests.services.stack import VENV_BIN, Stack, make_stack
 
 pytestmark = pytest.mark.e2e
 
 VALIDATE = ("POST", "/neural.v1.CompilerService/Validate")
 COMPILE = ("POST", "/neural.v1.CompilerService/Compile")
 LIST_WORKERS = ("POST", "/neural.v1.TrainerService/ListWorkers")
+DELEGATE = "/neural.v1.AuthService/IssueDelegatedToken"
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +48,9 @@ def authz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.stop_all()
 
 
-def offline_key(stack: Stack, module: str, name: str, role: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", module, "create", "--name", name, "--role", role],
-        env=stack.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return next(line.split()[-1] for line in out.splitlines() if line.startswith("key:"))
-
-
 @pytest.fixture(scope="module")
 def admin_key(authz: Stack) -> str:
-    return offline_key(authz, "gateway.authz.keys", "root", "admin")
+    return create_key(authz.env, "root", "admin")
 
 
 @pytest.fixture(scope="module")
@@ -304,13 +293,78 @@ def test_decisions_and_changes_are_in_the_audit_log(channel: grpc.Channel, admin
 
 
 def test_a_key_made_with_neural_keys_bootstraps_the_gateway(authz: Stack) -> None:
-    legacy = offline_key(authz, "service_kit.keys", "first-admin", "admin")
+    first = create_key(authz.env, "first-admin", "admin", [str(VENV_BIN / "neural-keys")])
     with grpc.insecure_channel(authz.address) as ch:
-        assert denied(check(ch, LIST_WORKERS, bearer(legacy))) == 0
+        assert denied(check(ch, LIST_WORKERS, bearer(first))) == 0
         created = auth(ch).CreateApiKey(
-            auth_pb2.CreateApiKeyRequest(name="next"), metadata=[("x-api-key", legacy)]
+            auth_pb2.CreateApiKeyRequest(name="next"), metadata=[("x-api-key", first)]
         )
         assert created.key.startswith("nk_")
+
+
+def test_a_workers_key_gets_tokens_for_job_owners_and_nothing_else(
+    authz: Stack, channel: grpc.Channel, admin_key: str
+) -> None:
+    worker = create(channel, admin_key, auth_pb2.ROLE_ADMIN, scopes=[DELEGATE])
+    md = [("authorization", f"Bearer {worker}")]
+    issued = auth(channel).IssueDelegatedToken(
+        auth_pb2.IssueDelegatedTokenRequest(subject="alice"), metadata=md
+    )
+    assert issued.token_type == "Internal" and 0 < issued.expires_in <= 60
+    # what a service would make of it: alice, a user, by the authz service's key
+    who = Verifier.from_file(authz.env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"]).verify(issued.access_token)
+    assert who is not None and (who.subject, who.role) == ("alice", "user")
+    # the key reaches nothing else, straight or through the gateway
+    with pytest.raises(grpc.RpcError) as info:
+        auth(channel).CreateApiKey(auth_pb2.CreateApiKeyRequest(name="x"), metadata=md)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied(check(channel, LIST_WORKERS, bearer(worker))) == 403
+    # never more than the caller's own role; a subject is required
+    user = create(channel, admin_key, auth_pb2.ROLE_USER)
+    with pytest.raises(grpc.RpcError) as info:
+        auth(channel).IssueDelegatedToken(
+            auth_pb2.IssueDelegatedTokenRequest(subject="bob", role=auth_pb2.ROLE_ADMIN),
+            metadata=[("x-api-key", user)],
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # IssueDelegatedToken: admin
+    with pytest.raises(grpc.RpcError) as info:
+        auth(channel).IssueDelegatedToken(auth_pb2.IssueDelegatedTokenRequest(), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "subject" in (info.value.details() or "")
+
+
+def test_a_key_limited_to_a_run_passes_its_limits_upstream(
+    authz: Stack, channel: grpc.Channel, admin_key: str
+) -> None:
+    limited = auth(channel).CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(name="ci-run", resources=["runs/r-1"]),
+        metadata=[("x-api-key", admin_key)],
+    )
+    assert list(limited.api_key.resources) == ["runs/r-1"]
+    response = check(channel, ("GET", "/v1/runs/r-1"), bearer(limited.key))
+    assert denied(response) == 0
+    headers = {h.header.key: h.header.value for h in response.ok_response.headers}
+    who = Verifier.from_file(authz.env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"]).verify(headers[HEADER])
+    assert who is not None and who.resources == ("runs/r-1",)
+    # the limits survive a rotation and an exchange for an API token
+    rotated = auth(channel).RotateApiKey(
+        auth_pb2.RotateApiKeyRequest(id=limited.api_key.id), metadata=[("x-api-key", admin_key)]
+    )
+    assert list(rotated.api_key.resources) == ["runs/r-1"]
+    token = auth(channel).IssueToken(auth_pb2.IssueTokenRequest(api_key=rotated.key)).access_token
+    checked = check(channel, ("GET", "/v1/runs/r-1"), bearer(token))
+    headers = {h.header.key: h.header.value for h in checked.ok_response.headers}
+    who = Verifier.from_file(authz.env["NEURAL_AUTHZ_PUBLIC_KEY_FILE"]).verify(headers[HEADER])
+    assert who is not None and who.resources == ("runs/r-1",)
+    # a resource of no known kind is the caller's mistake, named
+    for bad in ("widgets/1", "runs/", "runs/a b", "runs"):
+        with pytest.raises(grpc.RpcError) as info:
+            auth(channel).CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(name="bad", resources=[bad]),
+                metadata=[("x-api-key", admin_key)],
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "resources" in (info.value.details() or "")
 
 
 def test_reflection_describes_every_neural_service(channel: grpc.Channel) -> None:
@@ -362,8 +416,12 @@ def test_a_compiler_reached_directly_trusts_only_tokens_authz_signed(
             with pytest.raises(grpc.RpcError) as info:  # a viewer's token does not compile
                 stub.Compile(compiler_pb2.CompileRequest(), metadata=[(HEADER, genuine)])
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            # the direct API-key path still works beside it
-            key = compiler.create_key("direct", "viewer")
-            stub.Validate(request, metadata=[("x-api-key", key)], timeout=30)
+            # an API key the authz service would accept is no credential here
+            key = create_key(authz.env, "direct", "admin")
+            for meta in ([("x-api-key", key)], [("authorization", f"Bearer {key}")]):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Validate(request, metadata=meta, timeout=30)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "through the gateway" in (info.value.details() or "")
     finally:
         compiler.stop_all()

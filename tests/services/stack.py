@@ -17,6 +17,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests import tokens
 from tests.conftest import ROOT
 from tests.services.conftest import (
     REDIS_PORT,
@@ -36,7 +37,7 @@ class Stack:
     metrics_port: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: Path = Path()
-    # API keys created for the tests, by label (see pg_stack)
+    # Internal tokens signed for the tests, by label (see pg_stack)
     keys: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -79,17 +80,13 @@ class Stack:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def create_key(self, name: str, role: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "service_kit.keys", "create", "--name", name, "--role", role],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        return next(line.split()[-1] for line in out.splitlines() if line.startswith("key:"))
+    def sign_token(self, name: str, role: str) -> str:
+        """A token naming `name` with `role`, as the gateway's authz service would sign it."""
+        return tokens.sign(name, role)
+
+    def meta(self, label: str) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying the token of `keys[label]`."""
+        return tokens.meta(self.keys[label])
 
     def wait_serving(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -135,7 +132,9 @@ def make_stack(tmp: Path, database_url: str, redis_db: int, service: str = "comp
         "NEURAL_STORAGE_DIR": str(tmp / "storage"),
         f"NEURAL_{service.upper()}_PORT": str(port),
         f"NEURAL_{service.upper()}_METRICS_PORT": str(metrics),
-        "NEURAL_JWT_SECRET": "e2e-secret-" + "x" * 32,
+        "NEURAL_PAGE_TOKEN_SECRET": "e2e-secret-" + "x" * 32,
+        # Services trust only tokens signed with the test run's key (tests/tokens.py).
+        "NEURAL_AUTHZ_PUBLIC_KEY_FILE": tokens.public_key_file(),
         "NEURAL_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
         "NEURAL_GRACE_SECONDS": "5",
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -159,10 +158,11 @@ def pg_stack(
     """A serving `service` on a fresh PostgreSQL database and Redis db `redis_db`.
 
     `env` is added to the processes' environment; `keys` maps a label to the (name, role) of
-    an API key to create, stored in `Stack.keys` under that label (the name is the key's
-    principal, which tests assert as owners). `worker` also starts the compiler's Dramatiq
-    worker, in a process group of its own with `own_group` (then killed with its group at the
-    end). `flush=False` leaves the Redis db alone, for a stack beside another on the same db.
+    a principal, whose signed token is stored in `Stack.keys` under that label (the name is
+    what tests assert as owners; `Stack.meta(label)` is the call metadata). `worker` also
+    starts the compiler's Dramatiq worker, in a process group of its own with `own_group`
+    (then killed with its group at the end). `flush=False` leaves the Redis db alone, for a
+    stack beside another on the same db.
     """
     name, url = asyncio.run(create_pg_database())
     try:
@@ -170,7 +170,7 @@ def pg_stack(
             redis.Redis(port=REDIS_PORT, db=redis_db).flushdb()
         s = make_stack(tmp, url, redis_db, service)
         s.env.update(env or {})
-        s.keys = {label: s.create_key(*who) for label, who in (keys or {}).items()}
+        s.keys = {label: s.sign_token(*who) for label, who in (keys or {}).items()}
         try:
             s.start_server(f"services.{service}")
             if worker:

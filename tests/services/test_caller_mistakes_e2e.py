@@ -27,6 +27,7 @@ from neural.v1 import (
     trainer_pb2_grpc,
 )
 
+from tests import tokens
 from tests.fuzz import stack as fuzz_stack
 from tests.services.conftest import create_pg_database, drop_pg_database
 from tests.services.trainer_stack import TrainerStack
@@ -64,14 +65,14 @@ class Clients:
 
 
 def _clients(stack: TrainerStack) -> Clients:
-    bearer = fuzz_stack.token(stack, "admin", "mistakes-admin")
+    md = tokens.meta(fuzz_stack.token("admin", "mistakes-admin"))
     return Clients(
         stack,
         tracker_pb2_grpc.TrackerServiceStub(grpc.insecure_channel(stack.address_of("tracker"))),
         compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(stack.address_of("compiler"))),
         trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(stack.address_of("trainer"))),
-        fuzz_stack.metadata(bearer),
-        fuzz_stack.seed(stack, bearer),
+        md,
+        fuzz_stack.seed(stack, md),
     )
 
 
@@ -378,9 +379,11 @@ def test_a_huge_id_is_not_found_with_a_short_message(api: Clients) -> None:
         assert len(r.message) < 200, r.message[:300]
 
 
-def test_x_api_key_reaches_the_compiler_when_training_a_registry_model(api: Clients) -> None:
-    key = api.stack.create_key("api-key-caller", "user")
-    md = (("x-api-key", key),)
+def test_the_callers_token_reaches_the_compiler_when_training_a_registry_model(
+    api: Clients,
+) -> None:
+    # The model is this caller's alone: the trainer finds it only by forwarding the token.
+    md = tokens.as_("forwarded-caller", "user")
     model = api.compiler.Compile(
         compiler_pb2.CompileRequest(source=fuzz_stack.PROGRAM, backend=1, name="by-key"),
         metadata=md,

@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neural.v1 import compiler_pb2, compiler_pb2_grpc
 
+from tests import tokens
 from tests.services.stack import make_stack
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def test_unreachable_redis_is_not_serving_and_unavailable(tmp_path: Path) -> None:
     stack = make_stack(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", 0)
     stack.env["NEURAL_REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
-    key = stack.create_key("me", "user")
+    key = stack.sign_token("me", "user")
     stack.start_server()
     try:
         deadline = time.monotonic() + 60
@@ -34,7 +35,7 @@ def test_unreachable_redis_is_not_serving_and_unavailable(tmp_path: Path) -> Non
                     time.sleep(0.3)
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
             stub = compiler_pb2_grpc.CompilerServiceStub(ch)
-            md = (("authorization", f"Bearer {key}"),)
+            md = tokens.meta(key)
             source = "network N {\n  input: (4)\n  layers:\n    Dense(3)\n}\n"
             assert stub.Validate(compiler_pb2.ValidateRequest(source=source), metadata=md).valid
             try:

@@ -19,8 +19,11 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc
-from service_kit.auth import AuthStore, Principal
+from service_kit.auth import Principal
+from service_kit.internal_token import Signer, load_private_key
 
+from gateway.authz.keys import generate
+from tests import tokens
 from tests.services.receiver import Receiver
 from tests.services.stack import VENV_BIN, Stack, pg_stack
 from tests.waiting import until
@@ -57,7 +60,7 @@ def stub(stack: Stack) -> compiler_pb2_grpc.CompilerServiceStub:
 
 
 def auth(stack: Stack, role: str = "user") -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[role]}"),)
+    return stack.meta(role)
 
 
 def hparams(values: dict) -> struct_pb2.Struct:
@@ -352,23 +355,29 @@ def test_malformed_dsl_is_invalid_argument_with_positions(stack: Stack) -> None:
     assert "invalid device 'npu'" in bad.field_violations[0].description
 
 
-def test_jwt_bearer_tokens_work(stack: Stack) -> None:
-    store = AuthStore(None, stack.env["NEURAL_JWT_SECRET"])  # type: ignore[arg-type]
-    token = store.issue_jwt(Principal("jwt-user", "viewer"), seconds=60)
+def test_only_the_authz_services_signed_tokens_are_trusted(stack: Stack, tmp_path: Path) -> None:
     s = stub(stack)
-    r = s.Validate(
-        compiler_pb2.ValidateRequest(source=MNIST), metadata=(("authorization", f"Bearer {token}"),)
+    ok = s.Validate(
+        compiler_pb2.ValidateRequest(source=MNIST), metadata=tokens.as_("token-user", "viewer")
     )
-    assert r.valid
-    forged = AuthStore(None, "another-secret-" + "y" * 32).issue_jwt(  # type: ignore[arg-type]
-        Principal("jwt-user", "admin"), seconds=60
+    assert ok.valid
+    # Signed with another key, expired, or a long-lived secret sent past the gateway: refused.
+    other = Signer(load_private_key(generate(tmp_path / "other")[0]))
+    expired = Signer(load_private_key(tokens.key_files()[0]), ttl_seconds=-5)
+    refused = (
+        tokens.meta(other.sign(Principal("token-user", "admin"))),
+        tokens.meta(expired.sign(Principal("token-user", "admin"))),
+        (("authorization", f"Bearer {tokens.sign('token-user', 'admin')}"),),
+        (("x-api-key", "nk_" + "a" * 43),),
     )
-    err = error(
-        s.Validate,
-        compiler_pb2.ValidateRequest(source=MNIST),
-        metadata=(("authorization", f"Bearer {forged}"),),
-    )
-    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    for md in refused:
+        err = error(s.Validate, compiler_pb2.ValidateRequest(source=MNIST), metadata=md)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, md
+    # A token limited to a resource reaches no RPC that acts on none.
+    limited = tokens.meta(tokens.sign("token-user", "admin", ("runs/abc",)))
+    err = error(s.Validate, compiler_pb2.ValidateRequest(source=MNIST), metadata=limited)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "limited to runs/abc" in err.details()
 
 
 def test_still_serving_and_metrics_scraped(stack: Stack) -> None:
@@ -405,7 +414,7 @@ def test_grpcurl_lists_describes_and_calls_through_reflection(stack: Stack) -> N
     called = grpcurl(
         stack,
         "-H",
-        f"authorization: Bearer {stack.keys['viewer']}",
+        f"x-neural-principal: {stack.keys['viewer']}",
         "-d",
         json.dumps({"source": MNIST}),
         stack.address,
@@ -457,6 +466,7 @@ def test_every_rpc_rejects_missing_and_wrong_credentials(stack: Stack) -> None:
             (),
             (("authorization", "Bearer nk_not-a-key"),),
             (("authorization", "Basic dXNlcjpwYXNz"),),
+            (("x-neural-principal", "not-a-token"),),
         ):
             err = error(_call, stack, method, request_type(), md)
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (method, md, err.details())

@@ -55,7 +55,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 def test_a_job_whose_worker_dies_every_attempt_fails_once_with_the_reason(stack: Stack) -> None:
     s = compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(stack.address))
-    auth = (("authorization", f"Bearer {stack.keys['user']}"),)
+    auth = stack.meta("user")
 
     def job() -> common_pb2.Job:
         return s.GetCompileJob(common_pb2.GetJobRequest(id=submitted.id), metadata=auth)

@@ -10,16 +10,22 @@ from pathlib import Path
 import grpc
 import pytest
 from neural.v1 import tracker_pb2, tracker_pb2_grpc
-from service_kit.interceptors import Interceptor
+from service_kit.server import interceptor
 from service_kit.settings import load
 
 from services.tracker import app as tracker_app
-from services.trainer.tracker_client import TrackerClient, owner_token
+from services.trainer.tracker_client import TrackerClient
+from tests import tokens
 from tests.services.conftest import redis_url
 
 pytestmark = pytest.mark.integration
 
-SECRET = "deleted-names-" + "s" * 32
+
+class SignedTokens:
+    """Tokens as the authz service would issue them to a worker (tests/tokens.py's key)."""
+
+    async def metadata(self, subject: str, role: str = "user") -> tuple[tuple[str, str], ...]:
+        return tokens.as_(subject, role)
 
 
 @pytest.fixture
@@ -29,12 +35,11 @@ async def tracker(
     monkeypatch.setenv("NEURAL_DATABASE_URL", db_url)
     monkeypatch.setenv("NEURAL_REDIS_URL", redis_url(4))
     monkeypatch.setenv("NEURAL_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("NEURAL_JWT_SECRET", SECRET)
-    app = await tracker_app.build(load("tracker"))
+    monkeypatch.setenv("NEURAL_AUTHZ_PUBLIC_KEY_FILE", tokens.public_key_file())
+    settings = load("tracker")
+    app = await tracker_app.build(settings)
     spec = app.spec
-    server = grpc.aio.server(
-        interceptors=[Interceptor(spec.name, app.auth, spec.method_roles, spec.public_methods)]
-    )
+    server = grpc.aio.server(interceptors=[interceptor(spec, settings)])
     for add, servicer, _ in spec.servicers:
         add(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -50,7 +55,7 @@ async def test_training_into_a_deleted_experiments_name_restores_it(
     tracker: tuple[tracker_app.App, str],
 ) -> None:
     app, address = tracker
-    client = TrackerClient(address, owner_token(SECRET, "alice"))
+    client = TrackerClient(address, SignedTokens(), "alice")
     try:
         default = await client.experiment_id("Default")
         await client.create_run(default, "first", "job-1", {})
@@ -68,7 +73,7 @@ async def test_training_into_a_deleted_experiments_name_restores_it(
                 tracker_pb2.CreateExperimentRequest(
                     experiment=tracker_pb2.Experiment(name="Default")
                 ),
-                metadata=client.meta,
+                metadata=tokens.as_("alice", "user"),
             )
         assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert f"deleted experiment {default}" in (info.value.details() or "")
@@ -79,7 +84,7 @@ async def test_training_into_a_deleted_experiments_name_restores_it(
         fresh = await client.experiment_id("Default")
         assert fresh != default
         # another owner's deleted experiment of that name is not alice's to restore
-        bob = TrackerClient(address, owner_token(SECRET, "bob"))
+        bob = TrackerClient(address, SignedTokens(), "bob")
         try:
             bobs = await bob.experiment_id("Default")
             assert bobs != fresh
@@ -87,7 +92,7 @@ async def test_training_into_a_deleted_experiments_name_restores_it(
             await bob.close()
         stub = tracker_pb2_grpc.TrackerServiceStub(client.channel)
         listed = await stub.ListExperiments(
-            tracker_pb2.ListExperimentsRequest(name="Default"), metadata=client.meta
+            tracker_pb2.ListExperimentsRequest(name="Default"), metadata=tokens.as_("alice", "user")
         )
         assert [e.id for e in listed.experiments] == [fresh]
     finally:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from pathlib import Path
 
 import pytest
 from neural_dsl import Limits
 from service_kit import db
-from service_kit.auth import AuthStore, Principal
 from service_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from service_kit.jobs import JobStore
 from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.compiler import app as compiler_app
 from services.compiler import tables
@@ -35,50 +34,23 @@ network Small {
 """
 
 
-async def migrated(url: str) -> tuple[object, AuthStore]:
+async def migrated(url: str) -> AsyncEngine:
     engine = db.make_engine(url)
-    auth = AuthStore(engine, "x" * 32)
-    await compiler_app.migrate(engine, auth)
-    return engine, auth
+    await compiler_app.migrate(engine)
+    return engine
 
 
 async def test_migrations_run_from_empty_and_again(db_url: str) -> None:
-    engine, auth = await migrated(db_url)
-    await compiler_app.migrate(engine, auth)  # a second start changes nothing
+    engine = await migrated(db_url)
+    await compiler_app.migrate(engine)  # a second start changes nothing
     async with engine.connect() as conn:
         names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-    assert {
-        "auth_api_keys",
-        "compiler_models",
-        "compiler_jobs",
-        "alembic_version_auth",
-        "alembic_version_compiler",
-    } <= names
-    await engine.dispose()
-
-
-async def test_api_keys_are_hashed_verified_revoked_and_expire(db_url: str) -> None:
-    engine, auth = await migrated(db_url)
-    key_id, key = await auth.create_key("ci", "user", "alice")
-    assert key.startswith("nk_") and len(key) > 40
-    async with engine.connect() as conn:
-        stored = (await conn.exec_driver_sql("SELECT key_hash FROM auth_api_keys")).scalar()
-    assert key not in stored  # only the digest is kept
-    who = await auth.verify(key)
-    assert who == Principal("alice", "user", key_id)
-    assert await auth.verify(key + "x") is None
-    assert await auth.revoke(key_id)
-    assert await auth.verify(key) is None
-    _, old = await auth.create_key("old", "viewer", "bob", ttl=dt.timedelta(seconds=-1))
-    assert await auth.verify(old) is None
-    token = auth.issue_jwt(Principal("carol", "admin", "k"), seconds=60)
-    assert await auth.verify(token) == Principal("carol", "admin", "k")
-    assert await auth.verify(token[:-2] + "xx") is None
+    assert {"compiler_models", "compiler_jobs", "alembic_version_compiler"} <= names
     await engine.dispose()
 
 
 async def test_job_store_pages_cancels_and_publishes(db_url: str) -> None:
-    engine, _ = await migrated(db_url)
+    engine = await migrated(db_url)
     jobs = JobStore(engine, tables.jobs, REDIS_URL)
     created = [await jobs.create("compile", "alice", {"n": i}) for i in range(5)]
     await jobs.create("compile", "bob", {"n": 99})
@@ -116,7 +88,7 @@ async def test_job_store_pages_cancels_and_publishes(db_url: str) -> None:
 
 
 async def test_registry_caches_lists_and_deletes(db_url: str, tmp_path: Path) -> None:
-    engine, _ = await migrated(db_url)
+    engine = await migrated(db_url)
     registry = Registry(engine, tmp_path)
     req = CompileInput("alice", SOURCE, "pytorch", {}, "", "small")
     art = compile_artifact(req, Limits())

@@ -161,6 +161,6 @@ def test_too_many_bind_values_is_resource_exhausted_not_unavailable() -> None:
         except InterfaceError as inner:
             raise RuntimeError("statement failed") from inner
     except RuntimeError as outer:
-        status = interceptors.Interceptor("t", None, {})._to_status(outer, "/x/Y")
+        status = interceptors.Interceptor("t", {})._to_status(outer, "/x/Y")
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "32767" in status.details

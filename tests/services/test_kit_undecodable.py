@@ -33,7 +33,7 @@ async def _stream(
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=[Interceptor("test", None, {}, auth_disabled=True)])
+    server = grpc.aio.server(interceptors=[Interceptor("test", {}, auth_disabled=True)])
     handlers = {
         "SetTags": grpc.unary_unary_rpc_method_handler(
             _set_tags,

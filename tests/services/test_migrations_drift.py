@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from service_kit import auth, db
+from service_kit import db
 from sqlalchemy import MetaData
 
 from gateway.authz import store as authz_store
@@ -26,7 +26,6 @@ from services.trainer import tables as trainer_tables
 pytestmark = pytest.mark.integration
 
 OWNERS: dict[str, tuple[Path, str, MetaData]] = {
-    "auth": (auth.MIGRATIONS, auth.VERSION_TABLE, auth.metadata),
     "authz": (authz_store.MIGRATIONS, authz_store.VERSION_TABLE, authz_tables.metadata),
     "compiler": (compiler_app.MIGRATIONS, compiler_app.VERSION_TABLE, compiler_tables.metadata),
     "tracker": (tracker_app.MIGRATIONS, tracker_app.VERSION_TABLE, tracker_tables.metadata),

@@ -1,7 +1,8 @@
 """`make run` as a new user runs it: the stack starts on a fresh data folder (SQLite and a
 Redis of its own), serves a compile job end to end, restarts what crashes, and stops cleanly
 on Ctrl-C (workers and services before Redis); `make demo` runs against it through the
-settings file it writes, reusing its key."""
+settings file it writes, reusing its key. Clients call through the gateway (Envoy) with an
+API key of the authz service's, as users do."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from neural.v1 import common_pb2, compiler_pb2, compiler_pb2_grpc, trainer_pb2, 
 
 from tests.conftest import ROOT
 from tests.services.conftest import free_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -98,8 +100,9 @@ def listening(port: int) -> bool:
 
 
 def admin_key(env: dict[str, str]) -> str:
+    """A key in the stack's authz service, created as its printed hint says."""
     out = subprocess.run(
-        [sys.executable, "-m", "service_kit.keys", "create", "--name", "me", "--role", "admin"],
+        [sys.executable, "-m", "gateway.authz.keys", "create", "--name", "me", "--role", "admin"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -107,6 +110,17 @@ def admin_key(env: dict[str, str]) -> str:
         check=True,
     ).stdout
     return out.split("key:")[1].split()[0]
+
+
+def answers(stub: compiler_pb2_grpc.CompilerServiceStub, md: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the compiler answers through the gateway (not while Envoy finds it down)."""
+    try:
+        stub.ListModels(compiler_pb2.ListModelsRequest(page_size=1), metadata=md, timeout=10)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    return True
 
 
 def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -151,7 +165,9 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
 
         key = admin_key(env)
         md = (("authorization", f"Bearer {key}"),)
-        stub = compiler_pb2_grpc.CompilerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        channel = grpc.insecure_channel(gateway)
+        stub = compiler_pb2_grpc.CompilerServiceStub(channel)
+        until(lambda: answers(stub, md), 60, "the restarted compiler answers through the gateway")
         job = stub.SubmitCompile(
             compiler_pb2.CompileRequest(source=SOURCE, backend=compiler_pb2.BACKEND_TENSORFLOW),
             metadata=md,
@@ -163,9 +179,7 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
         )[-1]
         assert last.state == common_pb2.JOB_STATE_SUCCEEDED
         # the restarted training worker trains and logs to the tracker it found via the stack
-        trainer = trainer_pb2_grpc.TrainerServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{trainer_port}")
-        )
+        trainer = trainer_pb2_grpc.TrainerServiceStub(channel)
         job = trainer.SubmitTraining(
             trainer_pb2.SubmitTrainingRequest(
                 source=TRAIN_SOURCE,
@@ -182,6 +196,13 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
             )
         )[-1]
         assert last.job.state == common_pb2.JOB_STATE_SUCCEEDED, last.job.error
+        # the key is the gateway's to check: a service called straight with it refuses it
+        straight = trainer_pb2_grpc.TrainerServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{trainer_port}")
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            straight.GetTrainingJob(common_pb2.GetJobRequest(id=job.id), metadata=md, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         # `make demo` finds this stack through stack.json, and keeps its key for the next run
         demo_env = {**env, "TMPDIR": str(tmp_path)}
@@ -198,7 +219,7 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
             assert "using the stack of `make run`" in demo.stdout
         assert (tmp_path / "demo.key").stat().st_mode & 0o777 == 0o600
         keys = subprocess.run(
-            [sys.executable, "-m", "service_kit.keys", "list"],
+            [sys.executable, "-m", "gateway.authz.keys", "list"],
             env=env,
             cwd=ROOT,
             capture_output=True,

@@ -33,7 +33,7 @@ def client(stack: Stack) -> tracker_pb2_grpc.TrackerServiceStub:
 
 
 def md(stack: Stack, role: str = "user") -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[role]}"),)
+    return stack.meta(role)
 
 
 def code(fn, *args, **kwargs) -> grpc.StatusCode:  # type: ignore[no-untyped-def]

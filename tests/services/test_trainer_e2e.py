@@ -90,8 +90,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerStack]:
     name, url = asyncio.run(create_pg_database())
     s = make_trainer_stack(tmp, url)
     s.start_redis()
-    s.keys = {r: s.create_key(f"{r}-key", r) for r in ("admin", "user")}
-    s.keys["other"] = s.create_key("other-user", "user")
+    s.keys = {r: s.sign_token(f"{r}-key", r) for r in ("admin", "user")}
+    s.keys["other"] = s.sign_token("other-user", "user")
     for service in ("tracker", "compiler", "trainer"):
         s.start_service(service)
     s.start_trainer_worker()
@@ -105,7 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerStack]:
 
 
 def auth(stack: TrainerStack, who: str = "user") -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[who]}"),)
+    return stack.meta(who)
 
 
 def trainer(stack: TrainerStack) -> trainer_pb2_grpc.TrainerServiceStub:

@@ -148,7 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _md(stack: Stack, who: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.keys[who]}"),)
+    return stack.meta(who)
 
 
 def _run(t: tracker_pb2_grpc.TrackerServiceStub, md: tuple) -> str:

@@ -17,6 +17,8 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests import tokens
+from tests.conftest import ROOT
 from tests.services.conftest import free_port
 from tests.services.stack import VENV_BIN, Stack, make_stack
 
@@ -76,7 +78,35 @@ class TrainerStack(Stack):
                 time.sleep(0.2)
         raise TimeoutError(f"{name} not serving:\n" + self.log(name))
 
+    def start_authz(self) -> None:
+        """The authz service, where the trainer's workers get tokens to act for a job's owner,
+        and the workers' key (an admin key scoped to IssueDelegatedToken)."""
+        port = free_port()
+        self.ports["authz"] = port
+        self.env.update(
+            {
+                "NEURAL_AUTHZ_PORT": str(port),
+                "NEURAL_AUTHZ_METRICS_PORT": str(free_port()),
+                "NEURAL_AUTHZ_ADDRESS": f"127.0.0.1:{port}",
+                "NEURAL_AUTHZ_PRIVATE_KEY_FILE": tokens.private_key_file(),
+                "NEURAL_SERVICE_KEY_FILE": str(self.logs / "worker.key"),
+            }
+        )
+        run_quiet(
+            [
+                *(sys.executable, "-m", "gateway.authz.keys", "create", "--name", "workers"),
+                *("--role", "admin", "--scope", "/neural.v1.AuthService/IssueDelegatedToken"),
+                *("--key-file", self.env["NEURAL_SERVICE_KEY_FILE"]),
+            ],
+            self.env,
+        )
+        self.start("authz", [sys.executable, "-m", "gateway.authz"])
+        self.wait_service("authz")
+
     def start_trainer_worker(self) -> str:
+        """A training worker; the authz service it needs is started first, once."""
+        if "authz" not in self.ports:
+            self.start_authz()
         self.workers += 1
         name = f"worker{self.workers}"
         self.start(
@@ -130,7 +160,9 @@ def make_trainer_stack(tmp: Path, database_url: str) -> TrainerStack:
 
 
 def run_quiet(args: list[str], env: dict[str, str]) -> str:
-    return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        args, env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 def children(pid: int) -> list[int]:

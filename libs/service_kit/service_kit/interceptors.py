@@ -30,6 +30,7 @@ from .auth import Principal
 from .internal_token import HEADER as PRINCIPAL_HEADER
 from .internal_token import Verifier
 from .logs import request_id
+from .roles import Resource
 
 log = logging.getLogger("neural.rpc")
 
@@ -70,16 +71,17 @@ ALWAYS_PUBLIC = frozenset(
 )
 
 
-# The request headers that carry a caller's credentials; a service calling another as the
-# caller forwards exactly these (behind the gateway, the authz service's signed token).
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", PRINCIPAL_HEADER)
+# The request header that carries the caller's identity: the authz service's signed token. A
+# service calling another as the caller forwards exactly these.
+CREDENTIAL_HEADERS = (PRINCIPAL_HEADER,)
 
 
 class CredentialCheck(Protocol):
-    """What checks an API key or token sent straight to a service: the kit's AuthStore, or
-    the authz service's own key store for its AuthService."""
+    """What checks an API key or API token sent straight to a server: only the authz service
+    has one (for its own AuthService, reached without the gateway by workers and tests).
+    `method` is the RPC asked for, so a key scoped to RPCs is held to them here too."""
 
-    async def verify(self, credential: str) -> Principal | None: ...
+    async def verify(self, credential: str, method: str) -> Principal | None: ...
 
 
 def principal() -> Principal:
@@ -152,18 +154,21 @@ class Interceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         service: str,
-        auth: CredentialCheck | None,
         method_roles: dict[str, str],
         public: frozenset[str] = frozenset(),
         auth_disabled: bool = False,
         tokens: Verifier | None = None,
+        credentials: CredentialCheck | None = None,
+        resources: dict[str, Resource] | None = None,
     ) -> None:
         self.service = service
-        self.auth = auth
         # Checks the gateway's internal tokens; None when no public key is configured, and
         # then any such token is refused.
         self.tokens = tokens
+        self.credentials = credentials
         self.roles = method_roles
+        # gRPC path -> the one resource the RPC acts on (the protos' `(neural.v1.resource)`).
+        self.resources = resources or {}
         self.public = ALWAYS_PUBLIC | public
         self.auth_disabled = auth_disabled
 
@@ -214,8 +219,13 @@ class Interceptor(grpc.aio.ServerInterceptor):
             return
         if PRINCIPAL_HEADER in meta:
             who = self._internal(str(meta[PRINCIPAL_HEADER]))
+        elif self.credentials is not None:
+            who = await self._credential(meta, method)
         else:
-            who = await self._credential(meta)
+            raise errors.Unauthenticated(
+                "no internal token (x-neural-principal): call through the gateway, whose "
+                "authz service checks your API key or token"
+            )
         need = self.roles.get(method, "user")
         if not who.allows(need):
             raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {need} role")
@@ -229,7 +239,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             raise errors.Unauthenticated("invalid or expired internal token (x-neural-principal)")
         return who
 
-    async def _credential(self, meta: dict[str, Any]) -> Principal:
+    async def _credential(self, meta: dict[str, Any], method: str) -> Principal:
         credential = ""
         header = str(meta.get("authorization", ""))
         if header.lower().startswith("bearer "):
@@ -240,11 +250,30 @@ class Interceptor(grpc.aio.ServerInterceptor):
             raise errors.Unauthenticated(
                 "missing credentials: send 'authorization: Bearer <api key or token>'"
             )
-        assert self.auth is not None
-        who = await self.auth.verify(credential)
+        assert self.credentials is not None
+        who = await self.credentials.verify(credential, method)
         if who is None:
             raise errors.Unauthenticated("invalid, expired or revoked credentials")
         return who
+
+    def _within_resources(self, method: str, request: Any, streamed: bool) -> None:
+        """Credentials limited to resources reach only RPCs that act on one of them."""
+        who = current_principal.get()
+        if who is None or not who.resources:
+            return
+        rpc = method.rsplit("/", 1)[-1]
+        resource = self.resources.get(method)
+        if resource is None or streamed:
+            raise errors.PermissionDenied(
+                f"these credentials are limited to {', '.join(who.resources)[:200]}; "
+                f"{rpc} does not act on one resource"
+            )
+        name = resource.of(request)
+        if not who.reaches(name):
+            raise errors.PermissionDenied(
+                f"these credentials are limited to {', '.join(who.resources)[:200]}; "
+                f"{rpc} asks for {name[:200]}"
+            )
 
     def _to_status(self, exc: BaseException, method: str) -> grpc.Status:
         if isinstance(exc, errors.ServiceError):
@@ -296,6 +325,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             try:
                 await self._enter(method, meta, context)
                 request, _held = _checked(request, streamed)  # held until the handler is done
+                self._within_resources(method, request, streamed)
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 code = _code(context, grpc.StatusCode.CANCELLED)
@@ -326,6 +356,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             try:
                 await self._enter(method, meta, context)
                 request, _held = _checked(request, streamed)  # held until the handler is done
+                self._within_resources(method, request, streamed)
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError):

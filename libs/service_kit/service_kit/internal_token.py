@@ -81,6 +81,8 @@ class Signer:
             "nbf": issued,
             "exp": issued + self.ttl_seconds,
         }
+        if principal.resources:
+            claims["resources"] = list(principal.resources)
         return jwt.encode(claims, self.key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
 
@@ -114,9 +116,15 @@ class Verifier:
         except jwt.PyJWTError:
             return None
         role = claims.get("role")
-        if role not in ROLES or not isinstance(claims.get("sub"), str):
+        resources = claims.get("resources", [])
+        if (
+            role not in ROLES
+            or not isinstance(claims.get("sub"), str)
+            or not isinstance(resources, list)
+            or not all(isinstance(r, str) for r in resources)
+        ):
             return None
-        return Principal(claims["sub"], role, str(claims.get("key_id", "")))
+        return Principal(claims["sub"], role, str(claims.get("key_id", "")), tuple(resources))
 
 
 __all__ = [

@@ -13,7 +13,7 @@ database. It is `<payload>.<mac>`, both base64url: the payload is the JSON list
   tz-aware ISO timestamps, bounded text): what reaches a query always has the type and range
   the column expects.
 
-The MAC key is derived from `NEURAL_JWT_SECRET` when the service has one (`configure`, called
+The MAC key is derived from `NEURAL_PAGE_TOKEN_SECRET` when the service has one (`configure`, called
 at start), so tokens stay valid across restarts and replicas of the service and cannot be made
 by a caller. Without a secret the key is a fixed, public one: tokens still detect corruption
 and truncation, and strict parsing alone keeps every forged value harmless.

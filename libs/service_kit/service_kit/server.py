@@ -4,6 +4,7 @@ interceptor, size limits, migrations at start and a graceful stop on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -19,7 +20,8 @@ from prometheus_client import start_http_server
 from . import logs, pagination
 from .interceptors import CredentialCheck, Interceptor
 from .internal_token import Verifier
-from .settings import Settings, load
+from .roles import service_resources
+from .settings import Settings, SettingsError, load
 
 log = logging.getLogger("neural.server")
 
@@ -39,6 +41,9 @@ class ServiceSpec:
     # Checks the gateway's internal tokens; by default one built from
     # NEURAL_AUTHZ_PUBLIC_KEY_FILE (the authz service brings its own, from its keypair).
     tokens: Verifier | None = None
+    # Checks API keys and API tokens sent straight to the server: only the authz service has
+    # one. Every other service trusts nothing but the internal token.
+    credentials: CredentialCheck | None = None
 
 
 def dependency_checks(engine: Any, redis_url: str) -> list[Callable[[], Awaitable[bool]]]:
@@ -75,10 +80,40 @@ async def _watch_health(
         await asyncio.sleep(every)
 
 
+def interceptor(spec: ServiceSpec, settings: Settings) -> Interceptor:
+    """The service's interceptor. A service with RPCs that need a role but no way to check
+    a caller (no public key of the authz service, no credentials of its own, auth not
+    disabled) refuses to start rather than refuse every call."""
+    tokens = spec.tokens or (
+        Verifier.from_file(settings.authz_public_key_file)
+        if settings.authz_public_key_file
+        else None
+    )
+    checks_callers = tokens is not None or spec.credentials is not None
+    if spec.method_roles and not checks_callers and not settings.auth_disabled:
+        raise SettingsError(
+            "NEURAL_AUTHZ_PUBLIC_KEY_FILE must name the authz service's public key: services "
+            "accept only the tokens it signs (NEURAL_AUTH_DISABLED=1 turns auth off, for a "
+            "development stack without the gateway)"
+        )
+    resources = {}
+    for _, _, name in spec.servicers:
+        with contextlib.suppress(LookupError):  # not a neural.v1 service (Envoy's Check)
+            resources.update(service_resources(name))
+    return Interceptor(
+        spec.name,
+        spec.method_roles,
+        spec.public_methods,
+        settings.auth_disabled,
+        tokens,
+        spec.credentials,
+        resources,
+    )
+
+
 async def serve(
     spec: ServiceSpec,
     settings: Settings,
-    auth: CredentialCheck | None,
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls for `grace_seconds`."""
@@ -87,22 +122,8 @@ async def serve(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    tokens = spec.tokens or (
-        Verifier.from_file(settings.authz_public_key_file)
-        if settings.authz_public_key_file
-        else None
-    )
     server = grpc.aio.server(
-        interceptors=[
-            Interceptor(
-                spec.name,
-                auth,
-                spec.method_roles,
-                spec.public_methods,
-                settings.auth_disabled,
-                tokens,
-            )
-        ],
+        interceptors=[interceptor(spec, settings)],
         options=options,
     )
     names = []
@@ -147,20 +168,20 @@ __all__ = ["ServiceSpec", "grpc", "serve"]
 
 def main(name: str, build: Callable[[Settings], Awaitable[Any]]) -> None:
     """`python -m services.<name>`: settings, logs, the service's wiring (`build` returns an
-    object with `spec`, `auth` and `async close()`), then serve until SIGTERM."""
+    object with `spec` and `async close()`), then serve until SIGTERM."""
 
     async def run() -> None:
         settings = load(name)
         logs.setup(name, settings.log_level)
         # Page tokens signed under the service's secret stay valid across its restarts.
-        pagination.configure(settings.jwt_secret)
+        pagination.configure(settings.page_token_secret)
         app = await build(settings)
         # What is loaded by now (modules, metadata, stubs) lives as long as the process: out
         # of the collector's full passes, which otherwise walk all of it, for tens of
         # milliseconds, while a large response allocates its objects.
         gc.freeze()
         try:
-            await serve(app.spec, settings, app.auth)
+            await serve(app.spec, settings)
         finally:
             await app.close()
 

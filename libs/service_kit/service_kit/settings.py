@@ -55,7 +55,8 @@ class Settings:
     database_url: str
     redis_url: str
     storage_dir: Path
-    jwt_secret: str
+    # Signs List/Search page tokens (pagination.configure); empty: a fixed, public key.
+    page_token_secret: str
     log_level: str = "INFO"
     max_message_bytes: int = 8 * 1024 * 1024
     max_source_bytes: int = 1_000_000
@@ -81,6 +82,9 @@ class Settings:
     # private one; services check them with the public one. Empty: no internal tokens.
     authz_private_key_file: str = ""
     authz_public_key_file: str = ""
+    # A worker's API key (a file: a mounted secret), an admin key scoped to
+    # AuthService.IssueDelegatedToken: how it gets tokens to act for a job's owner.
+    service_key_file: str = ""
     # The rate-limit service: its limits file ("" = gateway/ratelimit/limits.yaml), whether it
     # admits calls while Redis is unreachable, and how long it waits for Redis (well inside
     # Envoy's 0.25 s timeout for the whole decision).
@@ -121,9 +125,9 @@ def load(service: str) -> Settings:
     level = env.get("NEURAL_LOG_LEVEL", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"NEURAL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level}")
-    secret = env.get("NEURAL_JWT_SECRET", "")
+    secret = env.get("NEURAL_PAGE_TOKEN_SECRET", "")
     if secret and len(secret) < 32:
-        raise SettingsError("NEURAL_JWT_SECRET must be at least 32 characters")
+        raise SettingsError("NEURAL_PAGE_TOKEN_SECRET must be at least 32 characters")
     return Settings(
         service=service,
         host=env.get("NEURAL_HOST", "127.0.0.1"),
@@ -134,7 +138,8 @@ def load(service: str) -> Settings:
         database_url=database_url,
         redis_url=redis_url,
         storage_dir=Path(env.get("NEURAL_STORAGE_DIR", str(data_dir / "storage"))).resolve(),
-        jwt_secret=secret,
+        page_token_secret=secret,
+        service_key_file=env.get("NEURAL_SERVICE_KEY_FILE", ""),
         log_level=level,
         max_message_bytes=_int("NEURAL_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 1024, 256 << 20),
         max_source_bytes=_int("NEURAL_MAX_SOURCE_BYTES", 1_000_000, 100, 16 << 20),
