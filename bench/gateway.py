@@ -4,22 +4,30 @@ One compiler, the authz and rate-limit services and two Envoys (the configuratio
 uses, rendered for this run's ports) run as their own processes on loopback. The same client
 calls Validate on a small program at concurrency 1 and 64:
 
-- straight to the compiler over gRPC (its own check of a `neural-keys` API key: the baseline);
+- straight to the compiler over gRPC with an internal token (x-neural-principal) signed by
+  this run's authz keypair, which the compiler checks with the public key: the baseline;
 - through Envoy over gRPC, and over REST (`POST /v1/programs:validate`, JSON), each with
   ext_authz and the global rate limit on, with an API key of the authz service's own (a
   limits file whose limits no call here reaches, so every call is decided in Redis and
   admitted; the compiler verifies the internal token authz signed);
-- the same two through a second Envoy whose chain lacks ext_authz and the rate limit (the
-  compiler then checks the `neural-keys` API key itself, as when called directly);
+- the same two through a second Envoy whose chain lacks ext_authz and the rate limit, and
+  which lets the client's own internal token through (the compiler checks it, as when called
+  directly): what Envoy alone costs;
 - `GET /docs` from that second Envoy (a small page Envoy answers itself): the floor of the
   REST client and Envoy's HTTP/1.1 alone, no service behind.
 
 Prints requests per second, p50 and p99 per path, each path's requests per second as a ratio
 to the direct path, and the p50 that ext_authz plus the rate limit add (with minus without).
 The clients are Python (grpc.aio, httpx) in one process on the same CPUs as everything else:
-on a small machine the REST rows are bound by httpx as much as by Envoy (see the floor).
-Last, how the gateway's calls were decided (Envoy's ext_authz and ratelimit counters, the
-rate-limit service's own): a decision that timed out or failed open was not measured.
+on a small machine the REST rows are bound by httpx as much as by Envoy (see the floor). Each
+REST call in flight has an httpx client of one connection to itself: one pool of 64 spent
+several ms of the client's CPU per request at concurrency 64 (its scheduling grows with its
+connections), which measured httpx rather than the gateway.
+Then, at concurrency 64, the CPU time each process spent per request of each path (Linux
+/proc; the client is this process): on a small machine a path's requests per second are
+bound by the sum. Last, how the gateway's calls were decided (Envoy's ext_authz and
+ratelimit counters, the rate-limit service's own): a decision that timed out or failed open
+was not measured.
 The compiler and authz use SQLite in a temporary folder; Redis is NEURAL_REDIS_URL, else
 127.0.0.1:6379 db 11.
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -64,6 +73,8 @@ LIMITS = {
 }
 # The filters `bare` Envoy runs without.
 AUTH_AND_RATE_LIMIT = ("envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit")
+TOKEN_SECONDS = 4 * 3600  # the direct and bare paths' internal token outlives the run
+CREATE_KEY = ["create", "--name", "bench", "--role", "user"]  # the authz service's API key
 ROUNDS = 2  # each path's calls in rounds taken in turn, so a busy moment hits every path
 TARGETS = {"grpc": 0.8, "rest": 0.6, "added_p50_ms": 1.5}  # the issue's targets
 
@@ -74,6 +85,7 @@ Call = Callable[[], Awaitable[None]]
 class Result:
     latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
 
     @property
     def rps(self) -> float:
@@ -86,16 +98,48 @@ class Result:
         return ordered[max(0, int(len(ordered) * q) - 1)] * 1e3
 
 
-async def measure(call: Call, total: int, concurrency: int, result: Result) -> None:
+class Clients:
+    """httpx clients of one keep-alive connection each, one per call in flight."""
+
+    def __init__(self, base_url: str, n: int, stack: contextlib.AsyncExitStack) -> None:
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        self.idle = [httpx.AsyncClient(base_url=base_url, limits=one) for _ in range(n)]
+        for client in self.idle:
+            stack.push_async_callback(client.aclose)
+
+    async def request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        client = self.idle.pop()  # never empty: at most n calls are in flight
+        try:
+            return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+        finally:
+            self.idle.append(client)
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User and system CPU time so far of each process, and of this one (the client)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"client": time.process_time()}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+async def measure(
+    call: Call, total: int, concurrency: int, result: Result, pids: dict[str, int]
+) -> None:
     async def worker(n: int) -> None:
         for _ in range(n):
             t = time.perf_counter()
             await call()
             result.latencies.append(time.perf_counter() - t)
 
+    cpu = cpu_seconds(pids)
     started = time.perf_counter()
     await asyncio.gather(*(worker(total // concurrency) for _ in range(concurrency)))
     result.wall += time.perf_counter() - started
+    for name, after in cpu_seconds(pids).items():
+        result.cpu[name] = result.cpu.get(name, 0.0) + after - cpu[name]
 
 
 def envoy_config(tmp: Path, name: str, settings: dict[str, str], bare: bool) -> Path:
@@ -108,6 +152,8 @@ def envoy_config(tmp: Path, name: str, settings: dict[str, str], bare: bool) -> 
         manager["typed_config"]["http_filters"] = [
             f for f in chain if f["name"] not in AUTH_AND_RATE_LIMIT
         ]
+        # No ext_authz to set x-neural-principal: the client's own internal token goes through.
+        manager["typed_config"].pop("early_header_mutation_extensions", None)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -176,15 +222,24 @@ async def until_answered(call: Call, what: str, timeout: float = 60) -> None:
             await asyncio.sleep(0.2)
 
 
-async def run(requests: int, ports: dict[str, int], keys: dict[str, str]) -> None:
-    """`keys`: the compiler's own API key ("service") and one of the authz service's ("authz")."""
+async def run(
+    requests: int, ports: dict[str, int], keys: dict[str, str], pids: dict[str, int]
+) -> None:
+    """`keys`: an internal token for the direct and bare paths ("service") and an API key of
+    the authz service's ("authz")."""
     from neural.v1 import compiler_pb2, compiler_pb2_grpc
+    from service_kit.internal_token import HEADER as PRINCIPAL_HEADER
 
     request = compiler_pb2.ValidateRequest(source=SOURCE)
     body = json.dumps({"source": SOURCE}).encode()  # encoded once: the client's cost is HTTP's
 
+    def credentials(key: str) -> dict[str, str]:
+        if key == keys["service"]:
+            return {PRINCIPAL_HEADER: key}
+        return {"authorization": f"Bearer {key}"}
+
     def grpc_call(stub: compiler_pb2_grpc.CompilerServiceStub, key: str) -> Call:
-        metadata = (("authorization", f"Bearer {key}"),)
+        metadata = tuple(credentials(key).items())
 
         async def call() -> None:
             reply = await stub.Validate(request, metadata=metadata, timeout=30)
@@ -192,30 +247,30 @@ async def run(requests: int, ports: dict[str, int], keys: dict[str, str]) -> Non
 
         return call
 
-    def rest_call(client: httpx.AsyncClient, key: str) -> Call:
-        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    def rest_call(client: Clients, key: str) -> Call:
+        headers = {**credentials(key), "content-type": "application/json"}
 
         async def call() -> None:
-            r = await client.post("/v1/programs:validate", content=body, headers=headers)
+            r = await client.request("POST", "/v1/programs:validate", content=body, headers=headers)
             assert r.status_code == 200, f"{r.status_code} {r.text}"
 
         return call
 
-    def floor_call(client: httpx.AsyncClient) -> Call:
+    def floor_call(client: Clients) -> Call:
         async def call() -> None:
-            r = await client.get("/docs")
+            r = await client.request("GET", "/docs")
             assert r.status_code == 200, f"{r.status_code} {r.text[:200]}"
 
         return call
 
-    pool = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{ports['compiler']}") as direct,
         grpc.aio.insecure_channel(f"127.0.0.1:{ports['envoy']}") as envoy,
         grpc.aio.insecure_channel(f"127.0.0.1:{ports['bare']}") as bare,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['envoy']}", limits=pool) as rest,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['bare']}", limits=pool) as bare_rest,
+        contextlib.AsyncExitStack() as stack,
     ):
+        rest = Clients(f"http://127.0.0.1:{ports['envoy']}", 64, stack)
+        bare_rest = Clients(f"http://127.0.0.1:{ports['bare']}", 64, stack)
         stub = compiler_pb2_grpc.CompilerServiceStub
         paths = {
             "direct gRPC": grpc_call(stub(direct), keys["service"]),
@@ -229,10 +284,12 @@ async def run(requests: int, ports: dict[str, int], keys: dict[str, str]) -> Non
             await until_answered(call, name)
         # The rate limiter decided the gateway's calls, and not the bare gateway's.
         json_type = {"content-type": "application/json"}
-        auth = {"authorization": f"Bearer {keys['authz']}", **json_type}
-        limited = await rest.post("/v1/programs:validate", content=body, headers=auth)
-        auth = {"authorization": f"Bearer {keys['service']}", **json_type}
-        unlimited = await bare_rest.post("/v1/programs:validate", content=body, headers=auth)
+        auth = {**credentials(keys["authz"]), **json_type}
+        limited = await rest.request("POST", "/v1/programs:validate", content=body, headers=auth)
+        auth = {**credentials(keys["service"]), **json_type}
+        unlimited = await bare_rest.request(
+            "POST", "/v1/programs:validate", content=body, headers=auth
+        )
         assert "x-ratelimit-remaining" in limited.headers, "the rate limit did not run"
         assert "x-ratelimit-remaining" not in unlimited.headers, "the bare Envoy limited"
 
@@ -249,7 +306,7 @@ async def run(requests: int, ports: dict[str, int], keys: dict[str, str]) -> Non
                 await asyncio.gather(*(call() for _ in range(min(conc, 64))))
             for _ in range(ROUNDS):
                 for name, call in paths.items():
-                    await measure(call, requests // ROUNDS, conc, results[name])
+                    await measure(call, requests // ROUNDS, conc, results[name], pids)
             base = results["direct gRPC"].rps
             for name, r in results.items():
                 print(
@@ -257,6 +314,11 @@ async def run(requests: int, ports: dict[str, int], keys: dict[str, str]) -> Non
                     f" {r.percentile(0.99):7.2f} {r.rps / base:15.2f}x"
                 )
             summary.append((conc, results))
+        print("\nCPU ms per request at concurrency 64 (client, Envoy, services; Redis not counted)")
+        for name, r in summary[-1][1].items():
+            spent = {k: v * 1e3 / len(r.latencies) for k, v in r.cpu.items() if v > 0}
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in sorted(spent.items()) if v >= 0.005)
+            print(f"{name:24s} {sum(spent.values()):5.2f}: {shares}")
         print()
         for conc, results in summary:
             base = results["direct gRPC"].rps
@@ -282,6 +344,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000)
     args = ap.parse_args()
 
+    from service_kit.auth import Principal
+    from service_kit.internal_token import Signer, load_private_key
+
     from gateway.authz import keys
 
     tmp = Path(tempfile.mkdtemp(prefix="neural-bench-gateway-"))
@@ -303,18 +368,19 @@ def main() -> int:
     for name, port in ports.items():
         env[f"NEURAL_{name.upper()}_PORT"] = str(port)
         env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
-    made = {}
-    for name, module in (("service", "service_kit.keys"), ("authz", "gateway.authz.keys")):
-        created = subprocess.run(
-            [sys.executable, "-m", module, "create", "--name", f"bench-{name}", "--role", "user"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        made[name] = created.stdout.split("key:")[1].split()[0]
+    signer = Signer(load_private_key(private), ttl_seconds=TOKEN_SECONDS)
+    made = {"service": signer.sign(Principal("bench-service", "user"))}
+    created = subprocess.run(
+        [sys.executable, "-m", "gateway.authz.keys", *CREATE_KEY],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    made["authz"] = created.stdout.split("key:")[1].split()[0]
     procs = []
+    pids = {}
     try:
         for name in ports:
             module = f"services.{name}" if name == "compiler" else f"gateway.{name}"
@@ -328,13 +394,16 @@ def main() -> int:
                         stderr=subprocess.STDOUT,
                     )
                 )
+                pids[name] = procs[-1].pid
         for port in ports.values():
             wait_port(port)
         envoy, envoy_port, envoy_admin = start_envoy(tmp, "envoy", ports, bare=False)
         procs.append(envoy)
         bare, bare_port, _ = start_envoy(tmp, "bare", ports, bare=True)
         procs.append(bare)
-        asyncio.run(run(args.requests, {**ports, "envoy": envoy_port, "bare": bare_port}, made))
+        pids |= {"envoy": envoy.pid, "bare envoy": bare.pid}
+        ports |= {"envoy": envoy_port, "bare": bare_port}
+        asyncio.run(run(args.requests, ports, made, pids))
         print(f"decisions: {decisions(envoy_admin, int(env['NEURAL_RATELIMIT_METRICS_PORT']))}")
         print(f"services' logs: {tmp}")
     finally:

@@ -103,9 +103,15 @@ class KeyStore:
         self.sessions = db.sessions(engine)
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Grant | None]] = {}
+        self._usable: dict[str, tuple[float, bool]] = {}
 
     async def migrate(self) -> None:
         await db.migrate(self.engine, MIGRATIONS, VERSION_TABLE)
+
+    def _forget(self) -> None:
+        # A change (revocation, rotation) takes effect at once in this process.
+        self._cache.clear()
+        self._usable.clear()
 
     # ------------------------------------------------------------------ changes
     async def create(
@@ -150,7 +156,7 @@ class KeyStore:
                 .values(revoked_at=now)
             )
             row = (await s.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        self._cache.clear()
+        self._forget()
         return KeyRecord.of(row) if row else None
 
     async def rotate(
@@ -202,7 +208,7 @@ class KeyStore:
                 .where(api_keys.c.id == key_id)
                 .values(expires_at=end, replaced_by=values["id"])
             )
-        self._cache.clear()
+        self._forget()
         return KeyRecord.of(_Row(values)), key
 
     # ------------------------------------------------------------------ reads
@@ -269,9 +275,18 @@ class KeyStore:
             await s.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
 
     async def key_usable(self, key_id: str) -> bool:
-        """Whether the key a token was issued from still works (tokens die with their key)."""
+        """Whether the key a token was issued from still works (tokens die with their key);
+        cached like key checks, for at most `cache_seconds`."""
+        now = time.monotonic()
+        hit = self._usable.get(key_id)
+        if hit is not None and now - hit[0] < self.cache_seconds:
+            return hit[1]
         record = await self.get(key_id)
-        return record is not None and record.usable(dt.datetime.now(dt.UTC))
+        usable = record is not None and record.usable(dt.datetime.now(dt.UTC))
+        if len(self._usable) > 10_000:
+            self._usable.clear()
+        self._usable[key_id] = (now, usable)
+        return usable
 
 
 class _Row:

@@ -71,6 +71,9 @@ ALWAYS_PUBLIC = frozenset(
 )
 
 
+# The platform's own RPCs: every message of theirs passes request_checks.
+CHECKED = "/neural.v1."
+
 # The request header that carries the caller's identity: the authz service's signed token. A
 # service calling another as the caller forwards exactly these.
 CREDENTIAL_HEADERS = (PRINCIPAL_HEADER,)
@@ -317,6 +320,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
         streamed: bool = False,
     ) -> Callable[..., Awaitable[Any]]:
         in_flight = IN_FLIGHT.labels(self.service, method.rsplit("/", 1)[-1])
+        ours = method.startswith(CHECKED)
 
         async def call(request: Any, context: Any) -> Any:
             started = time.perf_counter()
@@ -324,7 +328,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             in_flight.inc()
             try:
                 await self._enter(method, meta, context)
-                request, _held = _checked(request, streamed)  # held until the handler is done
+                request, _held = _checked(request, streamed, ours)  # held until the handler is done
                 self._within_resources(method, request, streamed)
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -348,6 +352,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
         streamed: bool = False,
     ) -> Callable[..., AsyncIterator[Any]]:
         in_flight = IN_FLIGHT.labels(self.service, method.rsplit("/", 1)[-1])
+        ours = method.startswith(CHECKED)
 
         async def call(request: Any, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
@@ -355,7 +360,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             in_flight.inc()
             try:
                 await self._enter(method, meta, context)
-                request, _held = _checked(request, streamed)  # held until the handler is done
+                request, _held = _checked(request, streamed, ours)  # held until the handler is done
                 self._within_resources(method, request, streamed)
                 async for item in behavior(request, context):
                     yield item
@@ -400,13 +405,15 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
-def _checked(request: Any, streamed: bool) -> tuple[Any, list[Any]]:
+def _checked(request: Any, streamed: bool, ours: bool = True) -> tuple[Any, list[Any]]:
     """The request, checked now, or a stream whose messages are each checked as the handler
-    reads them; and what the check built, for the caller to hold while the handler runs."""
+    reads them; and what the check built, for the caller to hold while the handler runs.
+    Messages of others' protocols (`ours` False: Envoy's Check and ShouldRateLimit, which
+    Envoy itself builds) are only parsed."""
     if not streamed:
         if isinstance(request, Undecodable):
             raise request.problem()
-        return request, request_checks.check(request)
+        return request, request_checks.check(request) if ours else []
 
     async def each() -> AsyncIterator[Any]:
         n = 0
@@ -414,7 +421,7 @@ def _checked(request: Any, streamed: bool) -> tuple[Any, list[Any]]:
             n += 1
             if isinstance(message, Undecodable):
                 raise message.problem(f" (message {n} of the stream)")
-            _held = request_checks.check(message, f" (message {n} of the stream)")
+            _held = request_checks.check(message, f" (message {n} of the stream)") if ours else []
             yield message
 
     return each(), []

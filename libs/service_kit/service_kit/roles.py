@@ -56,6 +56,22 @@ def public_methods(name: str) -> frozenset[str]:
     return frozenset(path for path, role in _declared(_service(name)).items() if not role)
 
 
+# The Open Inference Protocol's RPCs (a protocol of others: no options of ours in its proto),
+# as the model replicas and the authz service both hold them. "" is public, as health is.
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+INFERENCE_ROLES = {
+    f"/{INFERENCE_SERVICE}/{name}": role
+    for name, role in (
+        ("ServerLive", ""),
+        ("ServerReady", ""),
+        ("ModelReady", "viewer"),
+        ("ServerMetadata", "viewer"),
+        ("ModelMetadata", "viewer"),
+        ("ModelInfer", "user"),
+    )
+}
+
+
 _TEMPLATE = re.compile(r"^([a-z][a-z-]*)/\{([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)\}$")
 
 
@@ -126,6 +142,8 @@ def load_all() -> list[str]:
 
 
 __all__ = [
+    "INFERENCE_ROLES",
+    "INFERENCE_SERVICE",
     "ROLES",
     "Resource",
     "collections",
