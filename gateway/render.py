@@ -5,9 +5,13 @@ into its `${...}` placeholders (and the rate limiter's failure mode, a setting):
 
 - `local` (`make run`, the tests): 127.0.0.1, each upstream at NEURAL_<NAME>_ADDRESS, else at
   127.0.0.1:NEURAL_<NAME>_PORT, else at its default port; the gateway on
-  127.0.0.1:NEURAL_GATEWAY_PORT (8080), its admin interface on NEURAL_GATEWAY_ADMIN_PORT (9901).
+  127.0.0.1:NEURAL_GATEWAY_PORT (8080), its admin interface on NEURAL_GATEWAY_ADMIN_PORT (9901);
+  the deployments' cluster file in NEURAL_ENVOY_DYNAMIC_DIR (<NEURAL_DATA_DIR>/envoy-dynamic),
+  made with no clusters when absent.
 - `compose`: every upstream by its docker compose service name, at its default port.
 - `kubernetes`: every upstream by its Service's cluster DNS name in `--namespace`.
+In both, the deployments' cluster file is in NEURAL_ENVOY_DYNAMIC_DIR, by default
+/var/run/neural/envoy-dynamic, a volume the deployer's controller shares.
 
 The documentation's routes (/openapi.json, /docs: files Envoy answers itself) come from
 gateway.docs and are put first in the route table. File paths in the result are relative to
@@ -36,6 +40,8 @@ UPSTREAMS = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
 GATEWAY_PORT = 8080
 ADMIN_PORT = 9901
 DEFAULT_NAMESPACE = "neural"
+CONTAINER_DYNAMIC_DIR = "/var/run/neural/envoy-dynamic"
+EMPTY_CLUSTERS = "version_info: '0'\nresources: []\n"
 # Relative to the repository root, where Envoy runs.
 DOCS_DIR = Path("gateway/docs")
 OPENAPI_FILE = Path("gateway/openapi.json")
@@ -93,11 +99,32 @@ def values(
         result["GATEWAY_HOST"] = "127.0.0.1"
         result["GATEWAY_PORT"] = str(_port(env, "NEURAL_GATEWAY_PORT", GATEWAY_PORT))
         result["ADMIN_PORT"] = str(_port(env, "NEURAL_GATEWAY_ADMIN_PORT", ADMIN_PORT))
+        result["DYNAMIC_DIR"] = str(dynamic_dir(env))
     else:  # the container's port, published or fronted by a Service
         result["GATEWAY_HOST"] = "0.0.0.0"  # the container's only door
         result["GATEWAY_PORT"] = str(GATEWAY_PORT)
         result["ADMIN_PORT"] = str(ADMIN_PORT)
+        result["DYNAMIC_DIR"] = env.get("NEURAL_ENVOY_DYNAMIC_DIR") or CONTAINER_DYNAMIC_DIR
     return result
+
+
+def dynamic_dir(env: Mapping[str, str]) -> Path:
+    """Where the deployer's controller writes the deployments' clusters, on this machine."""
+    configured = env.get("NEURAL_ENVOY_DYNAMIC_DIR")
+    if configured:
+        return Path(configured).resolve()
+    return (Path(env.get("NEURAL_DATA_DIR") or ".run") / "envoy-dynamic").resolve()
+
+
+def ensure_dynamic_dir(folder: Path) -> None:
+    """The folder and a cluster file with no clusters, unless the controller wrote one: Envoy
+    does not start on a missing file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clusters = folder / "cds.yaml"
+    if not clusters.exists():
+        tmp = folder / ".cds.yaml.tmp"
+        tmp.write_text(EMPTY_CLUSTERS)
+        tmp.replace(clusters)
 
 
 def render(target: str, env: Mapping[str, str], namespace: str = DEFAULT_NAMESPACE) -> str:
@@ -126,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as e:
         print(f"gateway.render: {e}", file=sys.stderr)
         return 2
+    if args.target == "local":
+        ensure_dynamic_dir(dynamic_dir(os.environ))
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from google.rpc import code_pb2, status_pb2
 from service_kit.auth import Principal
 from service_kit.internal_token import HEADER as PRINCIPAL_HEADER
 from service_kit.internal_token import Signer, Verifier
+from service_kit.roles import INFERENCE_SERVICE
 
 from .audit import AuditLog
 from .routes import Routes
@@ -38,6 +40,12 @@ from .store import KEY_PREFIX, Grant, KeyStore
 log = logging.getLogger("neural.authz.check")
 
 SUBJECT_HEADER = "x-neural-subject"
+# Predictions: the deployment a caller names, and the cluster of its replicas (written by the
+# deployer's controller as `deployment.<name>`).
+INFERENCE_PREFIX = f"/{INFERENCE_SERVICE}/"
+DEPLOYMENT_HEADER = "neural-deployment"
+CLUSTER_HEADER = "x-neural-deployment-cluster"
+DEPLOYMENT_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 ROLE_HEADER = "x-neural-role"
 REMOVED = ("authorization", "x-api-key")
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -200,7 +208,15 @@ class Authorizer:
     ) -> external_auth_pb2.CheckResponse:
         http = request.attributes.request.http
         headers = _headers(http)
-        outcome = await self.decide(http.method, http.path, headers)
+        deployment = ""
+        outcome: Principal | Denial | None
+        if http.path.startswith(INFERENCE_PREFIX):
+            deployment = headers.get(DEPLOYMENT_HEADER, "").strip()
+            outcome = _unnamed(deployment) or await self.decide(http.method, http.path, headers)
+        else:
+            outcome = await self.decide(http.method, http.path, headers)
+        if deployment and isinstance(outcome, Principal):
+            outcome = _within(outcome, f"deployments/{deployment}")
         action = f"{http.method} {http.path.split('?', 1)[0]}"
         if isinstance(outcome, Denial):
             self.audit.record(
@@ -209,9 +225,45 @@ class Authorizer:
             grpc = headers.get("content-type", "").startswith("application/grpc")
             return _denied(outcome, grpc)
         if outcome is None:
-            return PUBLIC
-        self.audit.record(outcome.subject, action, True, target=outcome.key_id)
-        return self._answers.allowed(outcome, self.signer)
+            answer = PUBLIC
+        else:
+            self.audit.record(outcome.subject, action, True, target=outcome.key_id)
+            answer = self._answers.allowed(outcome, self.signer)
+        return _to_deployment(answer, deployment) if deployment else answer
+
+
+def _unnamed(deployment: str) -> Denial | None:
+    """A prediction names its deployment in a header, which picks the route's cluster."""
+    if DEPLOYMENT_NAME.match(deployment):
+        return None
+    why = "must name a deployment (a DNS-1123 label)" if deployment else "is missing"
+    return Denial(
+        400,
+        "INVALID_ARGUMENT",
+        code_pb2.INVALID_ARGUMENT,
+        f"header {DEPLOYMENT_HEADER} {why}: send '{DEPLOYMENT_HEADER}: <deployment name>'",
+    )
+
+
+def _within(who: Principal, resource: str) -> Principal | Denial:
+    if who.reaches(resource):
+        return who
+    limits = ", ".join(who.resources)[:200]
+    return _forbidden(f"these credentials are limited to {limits}; not {resource}", who)
+
+
+def _to_deployment(
+    answer: external_auth_pb2.CheckResponse, deployment: str
+) -> external_auth_pb2.CheckResponse:
+    """The answer, with the cluster of the deployment's replicas (Envoy's route picks its
+    cluster by this header, after ext_authz: clear_route_cache)."""
+    routed = external_auth_pb2.CheckResponse()
+    routed.CopyFrom(answer)
+    routed.ok_response.headers.add(
+        header=base_pb2.HeaderValue(key=CLUSTER_HEADER, value=f"deployment.{deployment}"),
+        append_action=OVERWRITE,
+    )
+    return routed
 
 
 def _allowed(principal: Principal | None, token: str) -> external_auth_pb2.CheckResponse:

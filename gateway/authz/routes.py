@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pool
 from service_kit.interceptors import ALWAYS_PUBLIC
-from service_kit.roles import load_all, service_roles
+from service_kit.roles import INFERENCE_ROLES, load_all, service_roles
 
 VERBS = ("get", "put", "post", "delete", "patch")
 Rule = tuple[re.Pattern[str], "Route"]
@@ -66,6 +66,8 @@ class Routes:
     def __init__(self) -> None:
         # Health and reflection are public everywhere (Envoy skips ext_authz for them too).
         self.by_rpc: dict[str, Route] = {path: Route(path, "") for path in ALWAYS_PUBLIC}
+        # Predictions (the Open Inference Protocol), gRPC only: no HTTP rules of ours.
+        self.by_rpc.update({path: Route(path, role) for path, role in INFERENCE_ROLES.items()})
         self.rest: list[tuple[str, re.Pattern[str], Route]] = []
         self._templates: list[str] = []  # beside self.rest
         pool = descriptor_pool.Default()

@@ -21,7 +21,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import proxy
-from gateway.render import UPSTREAMS, render
+from gateway.render import UPSTREAMS, dynamic_dir, ensure_dynamic_dir, render
 from tests.conftest import ROOT
 from tests.services.conftest import (
     REDIS_PORT,
@@ -90,6 +90,10 @@ def start_gateway(
     settings["NEURAL_GATEWAY_ADMIN_PORT"] = str(admin_port)
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "envoy.yaml"
+    # The deployments' clusters: this gateway's own, unless the caller names the folder its
+    # deployer's controller writes to.
+    settings.setdefault("NEURAL_ENVOY_DYNAMIC_DIR", str(tmp / "dynamic"))
+    ensure_dynamic_dir(dynamic_dir(settings))
     config.write_text(render("local", settings))
     log_path = tmp / "envoy.log"
     with open(log_path, "ab") as log:

@@ -425,3 +425,43 @@ def test_a_compiler_reached_directly_trusts_only_tokens_authz_signed(
                 assert "through the gateway" in (info.value.details() or "")
     finally:
         compiler.stop_all()
+
+
+MODEL_INFER = ("POST", "/inference.GRPCInferenceService/ModelInfer")
+SERVER_LIVE = ("POST", "/inference.GRPCInferenceService/ServerLive")
+
+
+def cluster_of(response: external_auth_pb2.CheckResponse) -> str:
+    headers = {h.header.key: h.header.value for h in response.ok_response.headers}
+    return headers.get("x-neural-deployment-cluster", "")
+
+
+def test_a_prediction_is_routed_to_the_deployment_it_names(
+    channel: grpc.Channel, admin_key: str
+) -> None:
+    user = create(channel, admin_key, auth_pb2.ROLE_USER)
+    viewer = create(channel, admin_key, auth_pb2.ROLE_VIEWER)
+    named = {"neural-deployment": "digits"}
+    allowed = check(channel, MODEL_INFER, {**bearer(user), **named})
+    assert denied(allowed) == 0 and cluster_of(allowed) == "deployment.digits"
+    # public RPCs of the protocol are routed too, with no identity
+    live = check(channel, SERVER_LIVE, named)
+    assert denied(live) == 0 and cluster_of(live) == "deployment.digits"
+    assert denied(check(channel, MODEL_INFER, {**bearer(viewer), **named})) == 403
+    assert denied(check(channel, MODEL_INFER, named)) == 401
+    # no deployment named, or not a name: the caller's mistake, before any credential check
+    for headers in ({}, {"neural-deployment": "Digits!"}, {"neural-deployment": "a" * 64}):
+        refused = check(channel, MODEL_INFER, {**bearer(user), **headers})
+        assert denied(refused) == 400
+        assert "neural-deployment" in json.loads(refused.denied_response.body)["message"]
+
+
+def test_a_key_limited_to_one_deployment_predicts_there_alone(
+    channel: grpc.Channel, admin_key: str
+) -> None:
+    limited = create(channel, admin_key, auth_pb2.ROLE_USER, resources=["deployments/digits"])
+    mine = check(channel, MODEL_INFER, {**bearer(limited), "neural-deployment": "digits"})
+    assert denied(mine) == 0 and cluster_of(mine) == "deployment.digits"
+    other = check(channel, MODEL_INFER, {**bearer(limited), "neural-deployment": "iris"})
+    assert denied(other) == 403
+    assert "limited to deployments/digits" in json.loads(other.denied_response.body)["message"]

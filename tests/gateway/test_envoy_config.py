@@ -14,7 +14,14 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from gateway import proxy
-from gateway.render import TARGETS, UPSTREAMS, RenderError, render, values
+from gateway.render import (
+    TARGETS,
+    UPSTREAMS,
+    RenderError,
+    ensure_dynamic_dir,
+    render,
+    values,
+)
 from tests.conftest import ROOT
 
 DESCRIPTOR_SET = ROOT / "gateway" / "neural_descriptor.pb"
@@ -63,7 +70,10 @@ def rpcs() -> list[tuple[str, str, descriptor_pb2.MethodDescriptorProto]]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_envoy_accepts_the_rendered_configuration(target: str, tmp_path: Path) -> None:
     path = tmp_path / f"{target}.yaml"
-    path.write_text(render(target, {}))
+    # The deployments' cluster file must exist where the configuration says.
+    env = {"NEURAL_ENVOY_DYNAMIC_DIR": str(tmp_path / "dynamic")}
+    ensure_dynamic_dir(tmp_path / "dynamic")
+    path.write_text(render(target, env))
     result = proxy.validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"configuration '{path}' OK" in result.stdout + result.stderr
@@ -80,7 +90,9 @@ def test_targets_differ_in_addresses_only() -> None:
             return [without_addresses(v) for v in node]
         return node
 
-    rendered = [without_addresses(config(target)) for target in TARGETS]
+    # The deployments' cluster file: a folder of the machine's, the same setting everywhere.
+    dynamic = {"NEURAL_ENVOY_DYNAMIC_DIR": "/srv/envoy-dynamic"}
+    rendered = [without_addresses(config(target, dynamic)) for target in TARGETS]
     assert rendered[0] == rendered[1] == rendered[2]
     compose = values("compose", {})
     assert (compose["COMPILER_HOST"], compose["COMPILER_PORT"]) == ("compiler", "50051")
@@ -139,6 +151,7 @@ def test_identity_headers_are_removed_before_any_filter_and_filters_run_in_order
         "x-neural-principal",
         "x-neural-subject",
         "x-neural-role",
+        "x-neural-deployment-cluster",  # a prediction's cluster: authz alone names it
     }
     names = [f["name"].removeprefix("envoy.filters.http.") for f in hcm["http_filters"]]
     assert names == [
@@ -154,6 +167,7 @@ def test_identity_headers_are_removed_before_any_filter_and_filters_run_in_order
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     authz = filters[EXT_AUTHZ]
     assert authz["failure_mode_allow"] is False and authz["grpc_service"]["timeout"] == "0.5s"
+    assert authz["clear_route_cache"] is True  # predictions are routed by what authz adds
     transcoder = filters["envoy.filters.http.grpc_json_transcoder"]
     assert transcoder["convert_grpc_status"] is True
     assert transcoder["print_options"]["preserve_proto_field_names"] is True
@@ -215,3 +229,19 @@ def test_the_descriptor_set_carries_error_details_for_rest_errors() -> None:
     files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file
     messages = {f"{f.package}.{m.name}" for f in files for m in f.message_type}
     assert {"google.rpc.BadRequest", "google.rpc.Status", "google.rpc.ErrorInfo"} <= messages
+
+
+def test_predictions_are_routed_to_the_deployment_authz_names() -> None:
+    rendered = config("local", {"NEURAL_ENVOY_DYNAMIC_DIR": "/srv/dyn"})
+    routes = manager(rendered)["route_config"]["virtual_hosts"][0]["routes"]
+    route = next(
+        r["route"]
+        for r in routes
+        if r["match"].get("prefix") == "/inference.GRPCInferenceService/"
+    )
+    assert route["cluster_header"] == "x-neural-deployment-cluster"
+    assert route["cluster_not_found_response_code"] == "NOT_FOUND"
+    assert "unavailable" in route["retry_policy"]["retry_on"]
+    cds = rendered["dynamic_resources"]["cds_config"]["path_config_source"]
+    assert cds["path"] == "/srv/dyn/cds.yaml"
+    assert cds["watched_directory"]["path"] == "/srv/dyn"
