@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STUBS := libs/neural_api/.generated
+OIP_STUBS := libs/neural_api/.generated-oip
+CLIENTS := .venv-clients
+CLIENTS_STAMP := $(CLIENTS)/.installed
 OPENAPI := gateway/openapi.json
 DOCS := gateway/docs/index.html
 PROTOS := $(wildcard protos/neural/v1/*.proto)
 
 .PHONY: setup test test-fast lint bench bench-deps clean run demo
 
-setup: $(STAMP) $(STUBS) $(OPENAPI) $(DOCS)
+setup: $(STAMP) $(STUBS) $(OIP_STUBS) $(CLIENTS_STAMP) $(OPENAPI) $(DOCS)
 
 # Re-runs only when the dependency lists change, so `make setup` is cheap and idempotent.
 $(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
@@ -39,6 +42,20 @@ $(STUBS): $(PROTOS) $(STAMP)
 		--descriptor_set_out=gateway/neural_descriptor.pb --include_imports --include_source_info \
 		$(PROTOS) google/rpc/error_details.proto google/rpc/status.proto
 	touch $(STUBS)
+
+# The Open Inference Protocol's stubs (package `inference`), from the descriptor KServe's wheel
+# ships (downloaded once into .venv/cache); see scripts/oip_stubs.py.
+$(OIP_STUBS): scripts/oip_stubs.py $(STAMP)
+	$(PY) scripts/oip_stubs.py --cache $(VENV)/cache --out libs/neural_api
+	touch $(OIP_STUBS)
+
+# Outside clients of the model servers (tritonclient needs protobuf < 7, which the project's
+# stubs cannot use): a venv of their own, which tests run as subprocesses.
+$(CLIENTS_STAMP):
+	test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENTS)/bin/python -m pip install --quiet 'tritonclient[grpc]==2.73.0' numpy==2.4.6
+	touch $(CLIENTS_STAMP)
 
 # The REST API's OpenAPI document, generated from the descriptor set and its HTTP rules (never
 # written by hand), and Swagger UI's files for /docs from the pinned swagger-ui-bundle; Envoy
@@ -83,4 +100,4 @@ demo: setup
 	$(PY) scripts/demo.py
 
 clean:
-	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-bench $(CLIENTS) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The deployer: ONNX models served by replica processes, reconciled by a controller."""
