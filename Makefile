@@ -84,12 +84,15 @@ bench: setup
 	$(PY) bench/gateway.py
 	$(PY) bench/tracker_ingest.py
 	$(PY) bench/training_overhead.py
+	$(PY) bench/predict.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
-# distribution is also called neural-dsl, so it cannot share .venv with ours).
+# distribution is also called neural-dsl, so it cannot share .venv with ours), MLflow, and
+# KServe's model server (it needs protobuf < 7).
 bench-deps:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install --quiet neural-dsl==0.2.9 plotly mlflow==3.17.2
+	.venv-bench/bin/python -m pip install --quiet neural-dsl==0.2.9 plotly mlflow==3.17.2 \
+		kserve==0.21.0 onnxruntime==1.32.0
 
 # The whole local stack (Ctrl-C stops it); see scripts/run_stack.py for the settings it reads.
 run: setup

@@ -1,4 +1,5 @@
-"""`make demo`: compile -> train (live progress) -> track, against the local stack.
+"""`make demo`: compile -> train (live progress) -> track -> deploy -> predict, against the
+local stack.
 
 Finds the stack `make run` started through the settings file it writes
 (`$NEURAL_DATA_DIR/stack.json`, default `.run/stack.json`): its gateway, its addresses and its
@@ -9,8 +10,10 @@ the demo cannot authenticate to is left alone. When no stack is running, the dem
 of its own in a temporary folder, on the ports the environment names (NEURAL_GATEWAY_PORT,
 NEURAL_<SERVICE>_PORT, ... as for `make run`) where they are free, else on free ones, and
 stops and removes it at the end. The key is kept in `demo.key` beside `stack.json`
-(owner-only) and reused while the stack accepts it. Deployment and prediction join the demo
-when the deployer exists.
+(owner-only) and reused while the stack accepts it. The trained run's `model.onnx` is deployed,
+the digits are predicted through the gateway (the JSON-friendly `Predict`, and one call of the
+Open Inference Protocol's `ModelInfer` routed straight to the replica), the accuracy of the
+served predictions printed, and the deployment deleted.
 """
 
 from __future__ import annotations
@@ -29,10 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
+from google.protobuf import struct_pb2
+from inference import grpc_predict_v2_pb2 as oip
+from inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from neural.v1 import (
     common_pb2,
     compiler_pb2,
     compiler_pb2_grpc,
+    deployer_pb2,
+    deployer_pb2_grpc,
     tracker_pb2,
     tracker_pb2_grpc,
     trainer_pb2,
@@ -112,7 +121,7 @@ def own_stack(env: dict[str, str]) -> Iterator[dict[str, Any]]:
         # never a default port (the 8080 of a `make run`) unless the environment names it
         names = ["NEURAL_LOCAL_REDIS_PORT", "dramatiq_prom_port"]
         names += ["NEURAL_GATEWAY_PORT", "NEURAL_GATEWAY_ADMIN_PORT"]
-        for service in ("compiler", "trainer", "tracker", "authz", "ratelimit"):
+        for service in ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit"):
             names += [f"NEURAL_{service.upper()}_PORT", f"NEURAL_{service.upper()}_METRICS_PORT"]
             env.pop(f"NEURAL_{service.upper()}_ADDRESS", None)
         for name in names:
@@ -253,7 +262,92 @@ def run_demo(env: dict[str, str], stack: dict[str, Any]) -> int:
     print("   val_accuracy by epoch: " + " ".join(f"{m.value:.3f}" for m in curve.metrics))
     files = tracker.ListArtifacts(tracker_pb2.ListArtifactsRequest(run_id=run_id), metadata=meta)
     print("   artifacts: " + ", ".join(f"{a.path} ({a.size_bytes} B)" for a in files.artifacts))
-    return 0
+    return deploy_and_predict(gateway, meta, run_id)
+
+
+def deploy_and_predict(gateway: grpc.Channel, meta: tuple, run_id: str) -> int:
+    from sklearn.datasets import load_digits
+
+    deployer = deployer_pb2_grpc.DeployerServiceStub(gateway)
+    name = f"digits-demo-{run_id[:8]}"
+    print(f"4. deploy: the run's model.onnx as deployment {name}")
+    started = time.monotonic()
+    created = deployer.CreateDeployment(
+        deployer_pb2.CreateDeploymentRequest(
+            deployment=deployer_pb2.Deployment(
+                name=name,
+                run_artifact=deployer_pb2.RunArtifactRef(run_id=run_id, path="model.onnx"),
+            )
+        ),
+        metadata=meta,
+        timeout=120,
+    )
+    try:
+        deployment = created
+        while deployment.ready_replicas < 1:
+            if deployment.state == deployer_pb2.DEPLOYMENT_STATE_FAILED:
+                print(f"   the deployment failed: {deployment.error}")
+                return 1
+            if time.monotonic() - started > 120:
+                print("   no replica ready within 120 s")
+                return 1
+            time.sleep(0.2)
+            deployment = deployer.GetDeployment(
+                deployer_pb2.GetDeploymentRequest(id=created.id), metadata=meta
+            )
+        state = deployer_pb2.DeploymentState.Name(deployment.state)
+        took = time.monotonic() - started
+        print(f"   {state} in {took:.1f}s, {deployment.ready_replicas} replica(s) ready")
+
+        print("5. predict: every digit through the gateway, as JSON rows (Predict)")
+        digits = load_digits()
+        x = (digits.data / 16.0).astype(np.float32)  # the trainer's preprocessing for digits
+        predicted = []
+        for start in range(0, len(x), 64):
+            rows = struct_pb2.ListValue()
+            rows.extend([row.tolist() for row in x[start : start + 64]])
+            answer = deployer.Predict(
+                deployer_pb2.PredictRequest(id=created.id, instances=rows), metadata=meta
+            )
+            predicted += [int(np.argmax(list(p))) for p in answer.predictions]
+        accuracy = float(np.mean(np.array(predicted) == digits.target))
+        print(
+            f"   accuracy of the served predictions on all {len(x)} digits "
+            f"(training and validation rows): {accuracy:.3f} (model {answer.model_version})"
+        )
+        first = oip_grpc.GRPCInferenceServiceStub(gateway).ModelInfer(
+            oip.ModelInferRequest(
+                model_name=name,
+                inputs=[
+                    oip.ModelInferRequest.InferInputTensor(
+                        name=deployment_input(gateway, meta, name),
+                        datatype="FP32",
+                        shape=[1, 64],
+                        contents=oip.InferTensorContents(fp32_contents=x[0].tolist()),
+                    )
+                ],
+            ),
+            metadata=(*meta, ("neural-deployment", name)),
+        )
+        scores = first.outputs[0].contents.fp32_contents
+        print(
+            f"   the Open Inference Protocol (ModelInfer, straight to the replica): digit 0 is "
+            f"{int(np.argmax(scores))} (label {digits.target[0]})"
+        )
+        return 0
+    finally:
+        deployer.DeleteDeployment(
+            deployer_pb2.DeleteDeploymentRequest(id=created.id), metadata=meta
+        )
+        print("6. the deployment deleted")
+
+
+def deployment_input(gateway: grpc.Channel, meta: tuple, name: str) -> str:
+    """The model's input name, from the protocol's metadata."""
+    metadata = oip_grpc.GRPCInferenceServiceStub(gateway).ModelMetadata(
+        oip.ModelMetadataRequest(name=name), metadata=(*meta, ("neural-deployment", name))
+    )
+    return metadata.inputs[0].name
 
 
 if __name__ == "__main__":

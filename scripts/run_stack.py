@@ -50,7 +50,11 @@ SERVICES = [
     ("compiler", "services.compiler", "services.compiler.worker", 2, 50051),
     # one training at a time per worker process: a job uses every core it is given
     ("trainer", "services.trainer", "services.trainer.worker", 1, 50052),
+    ("deployer", "services.deployer", None, 0, 50054),
 ]
+# Processes that run beside the services (name, module): the deployer's controller starts the
+# model replicas (its children: they end with it) and writes Envoy's deployment clusters.
+CONTROLLERS = [("deployer-controller", "services.deployer.controller")]
 WORKER_METRICS_PORT = 9191  # Dramatiq's Prometheus exporter in the training worker
 # The workers' API key: its name, and the one RPC it may call (see service_kit.delegation).
 WORKER_KEY = "platform-workers"
@@ -226,6 +230,8 @@ def main() -> int:
     env.setdefault("NEURAL_PAGE_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("NEURAL_DATABASE_URL", f"sqlite+aiosqlite:///{data / 'neural.db'}")
     env.setdefault("dramatiq_prom_port", str(WORKER_METRICS_PORT))
+    # where the deployer's controller writes the deployments' clusters and Envoy reads them
+    env.setdefault("NEURAL_ENVOY_DYNAMIC_DIR", str(data / "envoy-dynamic"))
     # an idle worker polls Redis at least this often (ms): Dramatiq's default of 1 s would
     # add up to a second between a job's submit and its start
     env.setdefault("dramatiq_worker_timeout", "100")
@@ -312,6 +318,8 @@ def main() -> int:
             endpoints.append(
                 f"  {name:10s} grpc 127.0.0.1:{port}   metrics http://127.0.0.1:{metrics}/metrics"
             )
+        for name, module in CONTROLLERS:
+            stack.add(name, [sys.executable, "-m", module], WORKER)
         # Envoy last: its upstreams are up, so its first health checks pass
         config = data / "envoy.yaml"
         subprocess.run(

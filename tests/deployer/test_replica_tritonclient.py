@@ -37,6 +37,7 @@ def run_check(
     expected: dict[str, np.ndarray],
     folder: Path,
     outputs: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     if not CLIENTS_PYTHON.exists():
         pytest.fail(f"{CLIENTS_PYTHON} is missing: run make setup")
@@ -56,6 +57,7 @@ def run_check(
             str(folder / "inputs.npz"),
             "--expected",
             str(folder / "expected.npz"),
+            *(arg for k, v in (headers or {}).items() for arg in ("--header", f"{k}={v}")),
             "--outputs",
             *(outputs or []),
         ],

@@ -167,10 +167,13 @@ def start_platform(
     redis_db: int,
     keys: Mapping[str, str],
     env: Mapping[str, str] | None = None,
+    processes: Mapping[str, str] | None = None,
 ) -> Iterator[Platform]:
     """`servers` (name -> module run with `python -m`) on a fresh PostgreSQL database and Redis
     db `redis_db` (flushed), behind a real Envoy; `keys` (name -> role) made offline before
-    they start; `env` added to every process's settings (e.g. NEURAL_RATELIMIT_CONFIG)."""
+    they start; `env` added to every process's settings (e.g. NEURAL_RATELIMIT_CONFIG);
+    `processes` (name -> module) started beside them, serving no port (the deployer's
+    controller, which writes the deployments' clusters where this Envoy reads them)."""
     database, url = asyncio.run(create_pg_database())
     redis.Redis(port=REDIS_PORT, db=redis_db).flushdb()
     subprocess.run(
@@ -191,11 +194,13 @@ def start_platform(
         "NEURAL_AUTHZ_PRIVATE_KEY_FILE": str(tmp / "keys" / "authz_private.pem"),
         "NEURAL_AUTHZ_PUBLIC_KEY_FILE": str(tmp / "keys" / "authz_public.pem"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "NEURAL_ENVOY_DYNAMIC_DIR": str(tmp / "envoy-dynamic"),
         **(env or {}),
     }
     for name, port in ports.items():
         settings[f"NEURAL_{name.upper()}_PORT"] = str(port)
         settings[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
+        settings[f"NEURAL_{name.upper()}_ADDRESS"] = f"127.0.0.1:{port}"
     procs: dict[str, subprocess.Popen] = {}
     gateway = None
     try:
@@ -218,8 +223,18 @@ def start_platform(
                 return serving(port)
 
             until(up, 90, f"{name} serving")
+        for name, module in (processes or {}).items():
+            with open(tmp / f"{name}.log", "ab") as log:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    env=settings,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         upstreams = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-        gateway = start_gateway(tmp / "envoy", upstreams, env)
+        dynamic = {"NEURAL_ENVOY_DYNAMIC_DIR": settings["NEURAL_ENVOY_DYNAMIC_DIR"]}
+        gateway = start_gateway(tmp / "envoy", upstreams, {**(env or {}), **dynamic})
         yield Platform(gateway, settings, ports, procs, made)
     finally:
         if gateway is not None:

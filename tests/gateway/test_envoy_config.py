@@ -235,9 +235,7 @@ def test_predictions_are_routed_to_the_deployment_authz_names() -> None:
     rendered = config("local", {"NEURAL_ENVOY_DYNAMIC_DIR": "/srv/dyn"})
     routes = manager(rendered)["route_config"]["virtual_hosts"][0]["routes"]
     route = next(
-        r["route"]
-        for r in routes
-        if r["match"].get("prefix") == "/inference.GRPCInferenceService/"
+        r["route"] for r in routes if r["match"].get("prefix") == "/inference.GRPCInferenceService/"
     )
     assert route["cluster_header"] == "x-neural-deployment-cluster"
     assert route["cluster_not_found_response_code"] == "NOT_FOUND"

@@ -18,6 +18,8 @@ from gateway.authz import store as authz_store
 from gateway.authz import tables as authz_tables
 from services.compiler import app as compiler_app
 from services.compiler import tables as compiler_tables
+from services.deployer import app as deployer_app
+from services.deployer import tables as deployer_tables
 from services.tracker import app as tracker_app
 from services.tracker import tables as tracker_tables
 from services.trainer import app as trainer_app
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.integration
 OWNERS: dict[str, tuple[Path, str, MetaData]] = {
     "authz": (authz_store.MIGRATIONS, authz_store.VERSION_TABLE, authz_tables.metadata),
     "compiler": (compiler_app.MIGRATIONS, compiler_app.VERSION_TABLE, compiler_tables.metadata),
+    "deployer": (deployer_app.MIGRATIONS, deployer_app.VERSION_TABLE, deployer_tables.metadata),
     "tracker": (tracker_app.MIGRATIONS, tracker_app.VERSION_TABLE, tracker_tables.metadata),
     "trainer": (trainer_app.MIGRATIONS, trainer_app.VERSION_TABLE, trainer_tables.metadata),
 }

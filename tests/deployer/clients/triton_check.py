@@ -31,14 +31,17 @@ def main() -> None:
     p.add_argument("--inputs", required=True)
     p.add_argument("--expected", required=True)
     p.add_argument("--outputs", nargs="*", default=[], help="requested outputs (default all)")
+    p.add_argument("--header", action="append", default=[], help="NAME=VALUE sent with every call")
     args = p.parse_args()
+    # Through the gateway: the deployment to route to, and the caller's API key.
+    headers = dict(h.split("=", 1) for h in args.header) or None
 
     client = grpcclient.InferenceServerClient(args.url)
-    if not (client.is_server_live() and client.is_server_ready()):
+    if not (client.is_server_live(headers=headers) and client.is_server_ready(headers=headers)):
         fail("server not live and ready")
-    if not client.is_model_ready(args.model, args.version):
+    if not client.is_model_ready(args.model, args.version, headers=headers):
         fail("model not ready")
-    metadata = client.get_model_metadata(args.model, args.version, as_json=True)
+    metadata = client.get_model_metadata(args.model, args.version, headers=headers, as_json=True)
 
     feeds = dict(np.load(args.inputs))
     inputs = []
@@ -48,7 +51,12 @@ def main() -> None:
         inputs.append(tensor)
     requested = [grpcclient.InferRequestedOutput(n) for n in args.outputs] or None
     result = client.infer(
-        args.model, inputs, model_version=args.version, outputs=requested, request_id="triton-1"
+        args.model,
+        inputs,
+        model_version=args.version,
+        outputs=requested,
+        request_id="triton-1",
+        headers=headers,
     )
     response = result.get_response()
     if response.id != "triton-1":
@@ -67,7 +75,7 @@ def main() -> None:
     wrong.set_data_from_numpy(array.astype(np.float64))
     others = [t for t in inputs if t.name() != name]
     try:
-        client.infer(args.model, [wrong, *others], model_version=args.version)
+        client.infer(args.model, [wrong, *others], model_version=args.version, headers=headers)
         fail("a wrong datatype was accepted")
     except InferenceServerException as exc:
         if exc.status() != "StatusCode.INVALID_ARGUMENT" or repr(name) not in exc.message():

@@ -1,0 +1,58 @@
+"""Wiring of the deployer's server: settings, database, migrations, model fetcher, servicer.
+Its controller (services.deployer.controller) runs as a process of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from neural.v1 import deployer_pb2_grpc
+from service_kit import db
+from service_kit.server import ServiceSpec, dependency_checks
+from service_kit.settings import Settings, service_address
+
+from .models import ModelFetcher
+from .service import METHOD_ROLES, SERVICE, DeployerService
+from .store import DeployerStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_deployer"
+
+
+@dataclass
+class App:
+    store: DeployerStore
+    service: DeployerService
+    spec: ServiceSpec
+    publisher: asyncio.Task
+
+    async def close(self) -> None:
+        self.publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.publisher
+        await self.service.close()
+        await self.store.close()  # and its engine
+
+
+async def build(settings: Settings) -> App:
+    engine = db.make_engine(settings.database_url)
+    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    store = DeployerStore(engine)
+    fetcher = ModelFetcher(
+        settings.storage_dir,
+        service_address("tracker"),
+        service_address("compiler"),
+        settings.max_onnx_bytes,
+    )
+    service = DeployerService(store, fetcher, settings.redis_url)
+    spec = ServiceSpec(
+        "deployer",
+        [(deployer_pb2_grpc.add_DeployerServiceServicer_to_server, service, SERVICE)],
+        METHOD_ROLES,
+        health_checks=dependency_checks(engine, settings.redis_url),
+    )
+    # the autoscaler's signal: this server's predictions in flight, published to Redis
+    publisher = asyncio.create_task(service.inflight.publish(service.redis))
+    return App(store, service, spec, publisher)

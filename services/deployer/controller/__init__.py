@@ -1,0 +1,1 @@
+"""The deployer's controller: `python -m services.deployer.controller` (see reconcile.py)."""

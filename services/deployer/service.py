@@ -1,0 +1,255 @@
+"""DeployerService: deployments of ONNX models, their scale, and JSON-friendly predictions.
+
+The server keeps the desired state (rows); the controller (services.deployer.controller)
+makes it so with replica processes and reports back. A change the controller should act on
+at once is announced on Redis (`NUDGE`); it also polls, so a lost nudge only costs latency."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from inference import grpc_predict_v2_pb2 as oip
+from inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from neural.v1 import deployer_pb2, deployer_pb2_grpc
+from service_kit import errors, owners
+from service_kit.interceptors import CREDENTIAL_HEADERS, principal
+from service_kit.roles import service_roles
+
+from . import manifests, spec
+from . import oip as convert
+from .load import InFlight
+from .models import ModelFetcher, remove_files, remove_version_files
+from .spec import bad
+from .store import READY, DeployerStore, Replica, Version, new_id
+
+SERVICE = "neural.v1.DeployerService"
+NUDGE = "neural:deployer:nudge"  # the Redis channel the controller listens on
+FIRST_VERSION = "v1"
+PREDICT_TIMEOUT = 30
+ATTEMPTS = 3  # replicas tried when one is unreachable (e.g. it has just died)
+# A replica's answers that are the caller's mistake, passed on as they are.
+CALLER_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+}
+
+METHOD_ROLES = service_roles(SERVICE)  # declared in the protos
+log = logging.getLogger("neural.deployer")
+
+
+def _auth(context: Any) -> list[tuple[str, str]]:
+    """The caller's credentials, forwarded so other services and replicas act for the caller."""
+    return [(k, v) for k, v in context.invocation_metadata() if k in CREDENTIAL_HEADERS]
+
+
+class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
+    def __init__(self, store: DeployerStore, fetcher: ModelFetcher, redis_url: str) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.channels: dict[int, grpc.aio.Channel] = {}
+        # (deployment id, version) -> the model's inputs as (name, OIP datatype)
+        self.inputs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self.inflight = InFlight()  # the autoscaler's signal (load.py)
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+        await self.redis.aclose()
+
+    async def _nudge(self) -> None:
+        with contextlib.suppress(Exception):  # the controller polls anyway
+            await self.redis.publish(NUDGE, "1")
+
+    # ---------------------------------------------------------- deployments
+    async def CreateDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        d = request.deployment
+        columns = spec.settings(d)
+        src = spec.source(d)
+        if await self.store.name_taken(d.name):
+            raise errors.AlreadyExists(f"a deployment named {errors.shown(d.name)} exists")
+        deployment_id = new_id()
+        path = await self.fetcher.fetch(src, deployment_id, FIRST_VERSION, _auth(context))
+        version = {
+            "id": new_id(),
+            "version": FIRST_VERSION,
+            "run_id": src.run_id,
+            "artifact_path": src.artifact_path,
+            "model_id": src.model_id,
+            "model_path": str(path),
+            "traffic_percent": 100,
+        }
+        try:
+            created = await self.store.create(
+                {"id": deployment_id, "owner": principal().subject, **columns}, version
+            )
+        except BaseException:
+            remove_files(self.fetcher.storage, deployment_id)
+            raise
+        await self._nudge()
+        return spec.to_proto(created)
+
+    async def ListDeployments(self, request: Any, context: Any) -> Any:
+        state = spec.STATE_NAMES.get(request.state) if request.state else None
+        found, token = await self.store.list(
+            owners.scope(), state, request.page_token, request.page_size
+        )
+        return deployer_pb2.ListDeploymentsResponse(
+            deployments=[spec.to_proto(d) for d in found], next_page_token=token
+        )
+
+    async def GetDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        return spec.to_proto(await self.store.get(request.id, owners.scope()))
+
+    async def DeleteDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        found = await self.store.mark_deleting(request.id, owners.scope())
+        await self._nudge()
+        return spec.to_proto(found)
+
+    async def ScaleDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        replicas = spec.check_replicas(request.replicas)
+        found = await self.store.get(request.id, owners.scope())
+        if found.max_replicas and not found.min_replicas <= replicas <= found.max_replicas:
+            raise bad(
+                "replicas",
+                f"between min_replicas ({found.min_replicas}) and max_replicas "
+                f"({found.max_replicas}), got {replicas}",
+            )
+        scaled = await self.store.scale(found.id, owners.scope(), replicas)
+        await self._nudge()
+        return spec.to_proto(scaled)
+
+    # ---------------------------------------------------------- rollouts
+    async def RolloutDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        traffic = request.traffic_percent
+        if not 1 <= traffic <= 100:
+            raise bad("traffic_percent", f"between 1 and 100, got {traffic}")
+        src = spec.source(request, prefix="")
+        found, version = await self.store.next_version(request.id, owners.scope())
+        path = await self.fetcher.fetch(src, found.id, version, _auth(context), keep_others=True)
+        row = {
+            "id": new_id(),
+            "version": version,
+            "run_id": src.run_id,
+            "artifact_path": src.artifact_path,
+            "model_id": src.model_id,
+            "model_path": str(path),
+            "traffic_percent": traffic,
+        }
+        try:
+            updated = await self.store.rollout(found, row)
+        except BaseException:
+            remove_version_files(self.fetcher.storage, found.id, version)
+            raise
+        await self._nudge()
+        return spec.to_proto(updated)
+
+    async def PromoteDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        promoted = await self.store.promote(request.id, owners.scope())
+        await self._nudge()
+        return spec.to_proto(promoted)
+
+    async def RollbackDeployment(self, request: Any, context: Any) -> deployer_pb2.Deployment:
+        rolled_back = await self.store.promote(request.id, owners.scope(), back=True)
+        await self._nudge()
+        return spec.to_proto(rolled_back)
+
+    async def RenderManifests(self, request: Any, context: Any) -> Any:
+        found = await self.store.get(request.id, owners.scope())
+        rendered = manifests.render_manifests(spec.manifest_spec(found, dict(os.environ)))
+        return deployer_pb2.RenderManifestsResponse(yaml=rendered)
+
+    # ---------------------------------------------------------- predictions
+    async def Predict(self, request: Any, context: Any) -> deployer_pb2.PredictResponse:
+        found = await self.store.get(request.id, owners.scope())
+        if found.state != READY:
+            raise errors.FailedPrecondition(
+                f"deployment {errors.shown(found.name)} is {found.state}, not READY"
+                + (f": {found.error}" if found.error else "")
+            )
+        ready = await self.store.ready_replicas(found.id)
+        if not ready:  # scaled to 0, or a replica being replaced: worth a retry
+            raise errors.Unavailable(
+                f"deployment {errors.shown(found.name)} has no ready replica now "
+                f"({found.replicas} wanted)"
+            )
+        with self.inflight.track(found.id):
+            return await self._predict(request, context, found.id, found.name, ready)
+
+    async def _predict(
+        self,
+        request: Any,
+        context: Any,
+        deployment_id: str,
+        name: str,
+        ready: list[tuple[Replica, Version]],
+    ) -> deployer_pb2.PredictResponse:
+        auth = _auth(context)
+        last: grpc.aio.AioRpcError | None = None
+        for replica, version in _order(ready)[:ATTEMPTS]:
+            try:
+                return await self._infer(request, deployment_id, name, replica, version, auth)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in CALLER_CODES:
+                    raise CALLER_CODES[exc.code()](exc.details() or "") from None
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    log.warning(
+                        "replica failed",
+                        extra={"fields": {"port": replica.port, "code": exc.code().name}},
+                    )
+                    raise errors.Unavailable(f"the model server failed: {exc.details()}") from None
+                last = exc
+        raise errors.Unavailable(
+            f"no replica of {errors.shown(name)} answered: "
+            f"{last.details() if last else 'none ready'}"
+        )
+
+    def _stub(self, port: int) -> oip_grpc.GRPCInferenceServiceStub:
+        channel = self.channels.get(port)
+        if channel is None:
+            channel = self.channels[port] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        return oip_grpc.GRPCInferenceServiceStub(channel)
+
+    async def _infer(
+        self,
+        request: Any,
+        deployment_id: str,
+        name: str,
+        replica: Replica,
+        version: Version,
+        auth: Sequence[tuple[str, str]],
+    ) -> deployer_pb2.PredictResponse:
+        stub = self._stub(replica.port)
+        key = (deployment_id, version.version)
+        if key not in self.inputs:
+            meta = await stub.ModelMetadata(
+                oip.ModelMetadataRequest(name=name, version=version.version),
+                metadata=auth,
+                timeout=10,
+            )
+            self.inputs[key] = [(t.name, t.datatype) for t in meta.inputs]
+        infer = convert.infer_request(request, name, version.version, self.inputs[key])
+        response = await stub.ModelInfer(infer, metadata=auth, timeout=PREDICT_TIMEOUT)
+        try:
+            return convert.predict_response(response, request.HasField("instances"))
+        except ValueError as exc:
+            raise errors.FailedPrecondition(str(exc)) from None
+
+
+def _order(ready: list[tuple[Replica, Version]]) -> list[tuple[Replica, Version]]:
+    """The replicas to try, the first drawn by its version's traffic share, then the rest."""
+    weights = [max(v.traffic_percent, 0) + 1e-9 for _, v in ready]
+    first = random.choices(range(len(ready)), weights)[0]
+    rest = [r for i, r in enumerate(ready) if i != first]
+    random.shuffle(rest)
+    return [ready[first], *rest]
