@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neural.v1 import deployer_pb2_grpc
-from service_kit import db
+from service_kit import db, webhooks
+from service_kit.broker import setup_broker
+from service_kit.jobs import JobStore
 from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings, service_address
 
+from . import tables, tasks
 from .models import ModelFetcher
 from .service import METHOD_ROLES, SERVICE, DeployerService
 from .store import DeployerStore
@@ -46,7 +49,12 @@ async def build(settings: Settings) -> App:
         service_address("compiler"),
         settings.max_onnx_bytes,
     )
-    service = DeployerService(store, fetcher, settings.redis_url)
+    setup_broker(settings)  # webhook messages are sent by name (tasks.py)
+    sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.webhook_deliveries)
+    jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
+    service = DeployerService(
+        store, fetcher, settings.redis_url, jobs, settings.max_watches_per_principal
+    )
     spec = ServiceSpec(
         "deployer",
         [(deployer_pb2_grpc.add_DeployerServiceServicer_to_server, service, SERVICE)],

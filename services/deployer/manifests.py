@@ -416,7 +416,7 @@ def parse_quantity(field: str, value: object) -> Decimal:
     if m is None:
         raise ValueError(f"{field}: {value!r} is not a Kubernetes quantity such as 500m or 2Gi")
     suffix = m["suffix"] or ""
-    if len(suffix) > 1 and suffix[0] in "eE":  # an exponent; a lone "E" is exa
+    if suffix and suffix not in _MULTIPLIERS:  # an exponent ("e3"); "E" and "Ei" are units
         exponent = int(suffix[1:])
         if abs(exponent) > 30:
             raise ValueError(f"{field}: {value!r} has an exponent out of range")

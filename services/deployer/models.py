@@ -43,6 +43,8 @@ def _upstream(exc: grpc.aio.AioRpcError, src: Source, service: str) -> errors.Se
         return errors.Unauthenticated(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return errors.FailedPrecondition(f"{src.field}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a limit of the caller's, not an outage
+        return errors.ResourceExhausted(f"{src.field}: {details}")
     return errors.Unavailable(f"the {service} is unavailable: {details}")
 
 

@@ -46,6 +46,7 @@ CONTENTS = {
     "FP64": "fp64_contents",
 }
 MAX_VALUES = 16 << 20
+MAX_DIMS = 64  # NumPy's most
 
 
 def _rows(values: struct_pb2.ListValue) -> np.ndarray:
@@ -81,6 +82,11 @@ def _tensor(t: deployer_pb2.Tensor, field: str) -> np.ndarray:
     shape = tuple(t.shape)
     if any(d < 0 for d in shape):
         raise bad(f"{field}.shape", "dimensions must not be negative")
+    if len(shape) > MAX_DIMS:
+        raise bad(f"{field}.shape", f"at most {MAX_DIMS} dimensions")
+    # an empty tensor's other dimensions too: NumPy refuses a shape whose product overflows
+    if math.prod(d for d in shape if d) > MAX_VALUES:
+        raise bad(f"{field}.shape", f"at most {MAX_VALUES} values")
     count = math.prod(shape)
     if t.dtype == "float32":
         if t.int64_data:

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from neural.v1 import deployer_pb2
 from service_kit import errors
 
+from .manifests import parse_quantity
 from .store import Deployment, Version
 
 MAX_REPLICAS = 100
@@ -23,8 +24,6 @@ MAX_GPUS = 16
 # A DNS-1123 label that starts with a letter (a DNS-1035 label): it names the route and the
 # Kubernetes objects, and a Service's name must start with a letter.
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-# A Kubernetes quantity, e.g. "500m", "2", "1.5", "512Mi", "4Gi".
-QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 STATES = {
@@ -68,7 +67,7 @@ def check_replicas(replicas: int, field: str = "replicas") -> int:
 
 
 def check_name(name: str) -> str:
-    if not DNS_LABEL.match(name):
+    if not DNS_LABEL.fullmatch(name):  # not match: "$" also matches before a final "\n"
         raise bad(
             "deployment.name",
             "a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting with a "
@@ -82,13 +81,13 @@ def source(d: Any, prefix: str = "deployment.") -> Source:
     which = d.WhichOneof("model")
     if which == "run_artifact":
         ref = d.run_artifact
-        if not RUN_ID.match(ref.run_id):
+        if not RUN_ID.fullmatch(ref.run_id):
             raise bad(f"{prefix}run_artifact.run_id", "a run id is required")
         if not ref.path or len(ref.path) > 1000:
             raise bad(f"{prefix}run_artifact.path", "the artifact's path, e.g. model.onnx")
         return Source(run_id=ref.run_id, artifact_path=ref.path, prefix=prefix)
     if which == "model_id":
-        if not RUN_ID.match(d.model_id):
+        if not RUN_ID.fullmatch(d.model_id):
             raise bad(f"{prefix}model_id", f"not a model id: {errors.shown(d.model_id)}")
         return Source(model_id=d.model_id, prefix=prefix)
     raise bad(f"{prefix}model", "required: run_artifact or model_id")
@@ -121,7 +120,7 @@ def settings(d: Any) -> dict[str, Any]:
     r = d.resources
     for name in ("cpu", "memory"):
         value = getattr(r, name)
-        if value and (len(value) > 32 or not QUANTITY.match(value)):
+        if value and not _quantity(value):
             raise bad(
                 f"deployment.resources.{name}",
                 f"a Kubernetes quantity such as 500m or 512Mi, got {errors.shown(value)}",
@@ -142,6 +141,15 @@ def settings(d: Any) -> dict[str, Any]:
     }
 
 
+def _quantity(value: str) -> bool:
+    """A positive Kubernetes quantity, e.g. "500m", "1.5", "512Mi", "1e3", by the rule
+    RenderManifests renders it with: one it would refuse is refused here, at the door."""
+    try:
+        return len(value) <= 32 and parse_quantity("", value) > 0
+    except (ValueError, ArithmeticError):
+        return False
+
+
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
@@ -157,6 +165,7 @@ def _version(v: Version) -> deployer_pb2.DeploymentVersion:
         state=VERSION_STATES[v.state],
         error=v.error,
         create_time=_ts(v.created_at),
+        rollout_job_id=v.rollout_job_id,
     )
     if v.model_id:
         out.model_id = v.model_id
@@ -185,6 +194,8 @@ def to_proto(d: Deployment) -> deployer_pb2.Deployment:
             max_batch_size=d.max_batch_size, max_batch_delay_us=d.max_batch_delay_us
         ),
         versions=[_version(v) for v in d.versions],
+        # versions are newest first: the first with a job is the newest rollout
+        rollout_job_id=next((v.rollout_job_id for v in d.versions if v.rollout_job_id), ""),
     )
     live = [v for v in d.versions if v.state in ("PENDING", "SERVING")]
     if live:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service_kit import db, errors, owners, pagination
+from service_kit.jobs import TERMINAL
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .tables import deployments, replicas, versions
+from .tables import deployments, jobs, replicas, versions
 
 PENDING, READY, FAILED, DELETING = "PENDING", "READY", "FAILED", "DELETING"
 V_PENDING, V_SERVING, V_FAILED, V_RETIRED = "PENDING", "SERVING", "FAILED", "RETIRED"
@@ -46,6 +47,7 @@ class Version:
     state: str
     error: str
     created_at: dt.datetime
+    rollout_job_id: str = ""  # the job that rolled it out; "" for the first version
 
 
 @dataclass
@@ -328,6 +330,22 @@ class DeployerStore:
                     .values(traffic_percent=100)
                 )
 
+    async def wake(self, deployment_id: str) -> bool:
+        """One replica wanted for a deployment scaled to zero (autoscaled, none desired): a
+        prediction is waiting for it. True when this call asked for it."""
+        async with db.transaction(self.sessions) as s:
+            done = await s.execute(
+                update(deployments)
+                .where(
+                    deployments.c.id == deployment_id,
+                    deployments.c.state.in_([PENDING, READY]),
+                    deployments.c.max_replicas > 0,
+                    deployments.c.replicas == 0,
+                )
+                .values(replicas=1, updated_at=now())
+            )
+        return done.rowcount == 1
+
     async def ready_replicas(self, deployment_id: str) -> list[tuple[Replica, Version]]:
         """The deployment's READY replicas with the version each serves, but for those whose
         controller has stopped beating (it died: so did its replicas)."""
@@ -440,6 +458,16 @@ class DeployerStore:
             await s.execute(
                 update(versions).where(versions.c.id == version_id).values(state=state, error=error)
             )
+
+    async def open_rollouts(self) -> dict[str, str]:
+        """Version id -> its rollout job's id, for every rollout job that has not ended."""
+        async with self.sessions() as s:
+            rows = await s.execute(
+                select(versions.c.id, versions.c.rollout_job_id)
+                .join(jobs, jobs.c.id == versions.c.rollout_job_id)
+                .where(jobs.c.state.not_in(TERMINAL))
+            )
+            return {r.id: r.rollout_job_id for r in rows}
 
     async def purge(self, deployment_id: str) -> None:
         """Remove a deleted deployment's rows (its versions and replicas go with it)."""

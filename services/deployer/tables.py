@@ -7,6 +7,8 @@ READY / FAILED."""
 
 from __future__ import annotations
 
+from service_kit.jobs import job_table
+from service_kit.webhooks import delivery_table
 from sqlalchemy import (
     Column,
     DateTime,
@@ -68,6 +70,8 @@ versions = Table(
     Column("state", String(16), nullable=False),  # PENDING | SERVING | FAILED | RETIRED
     Column("error", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the rollout job that brought it (deployer_jobs.id); empty for the first version
+    Column("rollout_job_id", String(36), nullable=False, server_default=""),
     UniqueConstraint("deployment_id", "version", name="uq_deployer_versions_deployment_version"),
 )
 
@@ -97,3 +101,7 @@ replicas = Table(
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Index("ix_deployer_replicas_deployment", "deployment_id", "state"),
 )
+
+# Rollouts are jobs on the kit's lifecycle (kind "rollout"), driven by the controller.
+jobs = job_table(metadata, "deployer")
+webhook_deliveries = delivery_table(metadata, "deployer")

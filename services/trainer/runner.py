@@ -71,7 +71,7 @@ class Resources:
     jobs: JobStore
     datasets: DatasetStore
     # How the worker acts for a job's owner at the tracker; None when auth is disabled.
-    tokens: OwnerTokens | None
+    tokens: OwnerTokens | None = None
 
     @classmethod
     def open(cls, settings: Settings, sender: WebhookSender | None = None) -> Resources:

@@ -68,6 +68,10 @@ def violation(exc: pytest.ExceptionInfo[errors.InvalidArgument]) -> str:
             "deployment.resources.memory",
         ),
         ({"resources": deployer_pb2.DeploymentResources(gpu=-1)}, "deployment.resources.gpu"),
+        # found by the RPC fuzz: a trailing newline, and quantities RenderManifests refused
+        ({"name": "iris\n"}, "deployment.name"),
+        ({"resources": deployer_pb2.DeploymentResources(cpu="1\n")}, "deployment.resources.cpu"),
+        ({"resources": deployer_pb2.DeploymentResources(cpu="0")}, "deployment.resources.cpu"),
     ],
 )
 def test_bad_settings_name_their_field(fields: dict, field: str) -> None:
@@ -248,6 +252,19 @@ def test_instances_become_one_raw_tensor_of_the_models_type() -> None:
             deployer_pb2.PredictRequest(inputs=[deployer_pb2.Tensor(shape=[1], dtype="str")]),
             "inputs[0].dtype",
         ),
+        # found by the RPC fuzz: once an INTERNAL (numpy could not reshape)
+        (
+            deployer_pb2.PredictRequest(
+                inputs=[deployer_pb2.Tensor(shape=[2**62, 2**62, 0], dtype="float32")]
+            ),
+            "inputs[0].shape",
+        ),
+        (
+            deployer_pb2.PredictRequest(
+                inputs=[deployer_pb2.Tensor(shape=[1] * 65, dtype="float32")]
+            ),
+            "inputs[0].shape",
+        ),
     ],
 )
 def test_bad_predictions_name_their_field(req: deployer_pb2.PredictRequest, field: str) -> None:
@@ -310,7 +327,12 @@ def test_autoscaler_goes_up_at_once_and_down_after_its_cooldown() -> None:
     assert a.decide("d", 5, 1, 5, inflight=4, now=12) == 1  # 10 s wanting fewer
     assert a.decide("d", 1, 2, 5, inflight=0, now=13) == 2  # at least min_replicas
     assert a.decide("z", 3, 0, 5, inflight=0, now=0) == 3
-    assert a.decide("z", 3, 0, 5, inflight=0, now=10) == 1  # never 0: no scale to zero yet
+    assert a.decide("z", 3, 0, 5, inflight=0, now=10) == 0  # min_replicas 0: scale to zero
+    assert a.decide("z", 0, 0, 5, inflight=1, now=11) == 1  # a waiting prediction wakes it
+    # raised by someone else (a prediction waking it): a whole cooldown before it goes down
+    assert a.decide("y", 0, 0, 5, inflight=0, now=0) == 0
+    assert a.decide("y", 1, 0, 5, inflight=0, now=50) == 1
+    assert a.decide("y", 1, 0, 5, inflight=0, now=60) == 0
 
 
 def test_inflight_peaks_and_envoy_counts() -> None:
@@ -330,3 +352,11 @@ def test_inflight_peaks_and_envoy_counts() -> None:
         ]
     }
     assert envoy_active(stats) == {"iris": 3, "a.b": 1}
+
+
+def test_binary_exa_is_a_unit_not_an_exponent() -> None:
+    from services.deployer.manifests import parse_quantity
+
+    assert parse_quantity("memory", "1Ei") == 1024**6
+    assert parse_quantity("memory", "1E") == 10**18
+    assert parse_quantity("memory", "1e3") == 1000

@@ -5,7 +5,9 @@ text with a NUL or other control characters, NaN or an infinity, an enum number 
 does not define, a timestamp outside what a datetime can hold. The other half are plausible
 (printable text, defined enums, finite numbers, real moments), so that calls get past the
 checks at the door into the code behind them. A field whose name has known-good values
-(`pools`, e.g. the id of a run that exists) draws them often, in both halves.
+(`pools`, e.g. the id of a run that exists) draws them often, in both halves; a pool may
+hold messages of a message field's type (drawn beside generated ones), or be a strategy, which
+is then the field's only one (e.g. to keep the values a server accepts small).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 FD = descriptor.FieldDescriptor
-Pools = Mapping[str, Sequence[Any]]
+Pools = Mapping[str, Sequence[Any] | st.SearchStrategy[Any]]
+Pool = Sequence[Any] | st.SearchStrategy[Any]
 
 MAX_DEPTH = 3
 INT32 = (-(2**31), 2**31 - 1)
@@ -186,7 +189,8 @@ class Generator:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key_f = field.message_type.fields_by_name["key"]
             value_f = field.message_type.fields_by_name["value"]
-            keys = _scalar(key_f, pool if key_f.type == FD.TYPE_STRING else (), self.hostile)
+            texts = key_f.type == FD.TYPE_STRING and not isinstance(pool, st.SearchStrategy)
+            keys = _scalar(key_f, pool if texts else (), self.hostile)
             values = self._single(value_f, depth + 1, pool)
             small = st.dictionaries(keys, values, max_size=3)
             # many entries only at the top, so a message stays far below the size limit
@@ -200,16 +204,24 @@ class Generator:
             return st.one_of(st.lists(one, max_size=3), st.lists(one, min_size=40, max_size=60))
         return one
 
-    def _single(self, field: FD, depth: int, pool: Sequence[Any]) -> st.SearchStrategy[Any]:
+    def _single(self, field: FD, depth: int, pool: Pool) -> st.SearchStrategy[Any]:
+        if isinstance(pool, st.SearchStrategy):
+            return pool
         if field.message_type is not None:
             if field.message_type.full_name == "google.protobuf.FieldMask":
                 cls = message_factory.GetMessageClass(field.message_type)
                 paths = st.lists(text_values(self._pool("paths"), self.hostile), max_size=3)
                 return paths.map(lambda p: cls(paths=p))
-            return self.message(field.message_type, depth)
+            # a pool of the field's own messages (another field's pool may share its name)
+            known = [
+                m
+                for m in pool
+                if isinstance(m, Message) and m.DESCRIPTOR.full_name == field.message_type.full_name
+            ]
+            return _weighted(known, self.message(field.message_type, depth), weight=1)
         return _scalar(field, pool, self.hostile)
 
-    def _pool(self, name: str) -> Sequence[Any]:
+    def _pool(self, name: str) -> Pool:
         if name in self.pools:
             return self.pools[name]
         singular = name[:-1] if name.endswith("s") else name

@@ -1,23 +1,31 @@
-"""The servers the RPC fuzz test calls: tracker, compiler, trainer and the authz service as
-real processes on one database and a Redis of their own, no workers (queued jobs stay queued),
-callers with real signed tokens, and a few real records whose ids and names the generated
-requests can use."""
+"""The servers the RPC fuzz test calls: tracker, compiler, trainer, the authz service and the
+deployer (with its controller, which runs real replica processes) on one database and a Redis
+of their own, no workers (queued jobs stay queued), callers with real signed tokens, and a few
+real records whose ids and names the generated requests can use."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
+from hypothesis import strategies as st
 from neural.v1 import (
     auth_pb2,
     auth_pb2_grpc,
     common_pb2,
     compiler_pb2,
     compiler_pb2_grpc,
+    deployer_pb2,
+    deployer_pb2_grpc,
     tracker_pb2,
     tracker_pb2_grpc,
     trainer_pb2,
@@ -28,10 +36,12 @@ from service_kit.internal_token import Signer, load_private_key
 
 from gateway.authz.app import API_AUDIENCE, API_TOKEN_SECONDS
 from tests import tokens
+from tests.services.conftest import free_port
 from tests.services.trainer_stack import TrainerStack, make_trainer_stack
+from tests.waiting import until
 
 SERVICES = ("tracker", "compiler", "trainer")
-SERVERS = (*SERVICES, "authz")  # what the fuzz test starts and calls
+SERVERS = (*SERVICES, "authz", "deployer")  # what the fuzz test starts and calls
 ROLES = ("admin", "user", "viewer")
 
 PROGRAM = """
@@ -66,10 +76,65 @@ def start(tmp: Path, database_url: str, servers: tuple[str, ...] = SERVICES) -> 
     for name in servers:  # one by one: each migrates its tables at start
         if name == "authz":
             stack.start_authz()
+        elif name == "deployer":
+            start_deployer(stack, tmp)
         else:
             stack.start_service(name)
             stack.wait_service(name)
     return stack
+
+
+def start_deployer(stack: TrainerStack, tmp: Path) -> None:
+    """The deployer's server, which fetches models from the tracker and the compiler started
+    before it, and its controller, which runs the replicas and writes Envoy's cluster file
+    under `tmp`."""
+    port = free_port()
+    stack.ports["deployer"] = port
+    stack.env.update(
+        {
+            "NEURAL_DEPLOYER_PORT": str(port),
+            "NEURAL_DEPLOYER_METRICS_PORT": str(free_port()),
+            "NEURAL_DEPLOYER_ADDRESS": f"127.0.0.1:{port}",
+            "NEURAL_ENVOY_DYNAMIC_DIR": str(tmp / "envoy-dynamic"),
+            "NEURAL_GATEWAY_URL": "http://gateway.fuzz:8080",
+            # a Predict that wakes a deployment scaled to zero answers within the fuzz's
+            # deadline
+            "NEURAL_DEPLOYER_COLD_START_S": "5",
+        }
+    )
+    stack.start_service("deployer")
+    stack.wait_service("deployer")
+    stack.start("controller", [sys.executable, "-m", "services.deployer.controller"])
+
+
+def stop(stack: TrainerStack) -> list[int]:
+    """Stop every process, the controller first (it drains and stops its replicas, which need
+    no other server for that); the replicas of this stack still alive after it, killed."""
+    if "controller" in stack.procs:
+        stack.stop("controller")
+    stack.stop_all()
+    left = replica_pids(stack.env["NEURAL_STORAGE_DIR"])
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return sorted(left)
+
+
+def replica_pids(storage: str) -> set[int]:
+    """The live replica processes serving a model stored under `storage`, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        replica = b"services.deployer.replica" in args
+        if replica and state != "Z" and any(a.startswith(storage.encode()) for a in args):
+            found.add(int(entry.name))
+    return found
 
 
 def token(role: str, subject: str | None = None) -> str:
@@ -250,3 +315,202 @@ def seed_authz(stack: TrainerStack, md: tuple[tuple[str, str], ...]) -> dict[str
         "overlap_seconds": [0, 1, 3600, 7 * 24 * 3600],
         "name": ["fuzz-key", "k" * 200, " "],
     }
+
+
+MAX_REPLICAS = 2  # the most replicas a request of the fuzz may validly ask for
+ROW = [i / 64 for i in range(64)]  # one input of PROGRAM's network, (64,)
+
+
+def replicas() -> st.SearchStrategy[int]:
+    """Replica counts for DeployerService's requests: any one it must refuse (below 0, over
+    100), but of those it takes only 0 to MAX_REPLICAS, as each starts a real process."""
+    return st.one_of(
+        st.integers(0, MAX_REPLICAS),
+        st.sampled_from([-1, 101, -(2**31), 2**31 - 1]),
+        st.integers(-(2**31), -1),
+        st.integers(101, 2**31 - 1),
+    )
+
+
+def _rows(*rows: list[Any]) -> struct_pb2.ListValue:
+    out = struct_pb2.ListValue()
+    out.extend(list(rows))
+    return out
+
+
+def seed_deployer(stack: TrainerStack, md: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """What DeployerService's requests draw, owned by the subject of `md`: PROGRAM compiled to
+    ONNX (and to PyTorch, which the deployer refuses), a run holding the ONNX file as
+    "model.onnx" and a file onnxruntime cannot load as "broken.onnx", and a READY deployment
+    of the model (see `redeploy`)."""
+    suffix = str(time.monotonic_ns())
+    with grpc.insecure_channel(stack.address_of("compiler")) as channel:
+        compiler = compiler_pb2_grpc.CompilerServiceStub(channel)
+        onnx, torch = (
+            compiler.Compile(
+                compiler_pb2.CompileRequest(source=PROGRAM, backend=backend),
+                metadata=md,
+                timeout=240,
+            ).model
+            for backend in (compiler_pb2.BACKEND_ONNX, compiler_pb2.BACKEND_PYTORCH)
+        )
+        request = compiler_pb2.DownloadModelRequest(id=onnx.id)
+        data = b"".join(c.data for c in compiler.DownloadModel(request, metadata=md, timeout=60))
+    with grpc.insecure_channel(stack.address_of("tracker")) as channel:
+        tracker = tracker_pb2_grpc.TrackerServiceStub(channel)
+        exp = tracker.CreateExperiment(
+            tracker_pb2.CreateExperimentRequest(
+                experiment=tracker_pb2.Experiment(name="fuzz-deploy" + suffix)
+            ),
+            metadata=md,
+        )
+        run = tracker.CreateRun(tracker_pb2.CreateRunRequest(experiment_id=exp.id), metadata=md)
+        tracker.UploadArtifact(_artifact(run.id, "model.onnx", data), metadata=md)
+        tracker.UploadArtifact(_artifact(run.id, "broken.onnx", b"not a model"), metadata=md)
+    pools: dict[str, Any] = {
+        "model_id": [onnx.id, torch.id, "0" * 32],
+        "run_id": [run.id, "0" * 32],
+        "path": ["model.onnx", "broken.onnx", "nothing.onnx", "model.onnx/x", "p" * 1001],
+        # valid counts are few and small (replicas()): a deployment made starts processes
+        "replicas": replicas(),
+        "min_replicas": replicas(),
+        "max_replicas": replicas(),
+        "traffic_percent": [1, 50, 100],
+        "cpu": ["500m", "2", "0.5", "1e3", "0", "1\n"],
+        "memory": ["512Mi", "1Gi", "1Ei", "9" * 40],
+        "gpu": [0],
+        "max_batch_size": [0, 1, 64],
+        "max_batch_delay_us": [0, 500],
+        "instances": [
+            _rows(ROW),
+            _rows(ROW, ROW[::-1]),
+            _rows(ROW[:5]),
+            _rows([ROW, ROW]),
+            _rows(*([ROW] * 65)),  # over the default batch of 64
+        ],
+        "inputs": [
+            deployer_pb2.Tensor(shape=[1, 64], dtype="float32", float_data=ROW),
+            deployer_pb2.Tensor(shape=[2, 32], dtype="float32", float_data=ROW),
+            deployer_pb2.Tensor(shape=[1, 64], dtype="int64", int64_data=range(64)),
+            deployer_pb2.Tensor(shape=[0, 64], dtype="float32"),  # an empty batch
+            # empty, but the product of its other dimensions overflows NumPy's
+            deployer_pb2.Tensor(shape=[2**62, 2**62, 0], dtype="float32"),
+        ],
+        "dtype": ["float32", "int64", "float16"],
+        "shape": [0, 1, 2, 64, 2**62],
+    }
+    return redeploy(stack, md, pools)
+
+
+def redeploy(
+    stack: TrainerStack, md: tuple[tuple[str, str], ...], pools: dict[str, Any], cold: bool = False
+) -> dict[str, Any]:
+    """`pools` with a fresh deployment of the ONNX model, READY with a ready replica, in place
+    of the one they named (deleted, so its replica stops): after an RPC that may have deleted,
+    scaled to 0 or rolled it out, the next ones get one that serves. Its id and name are the
+    `id`s drawn; the names include one free name, so a CreateDeployment of the fuzz makes at
+    most a few deployments (and their replicas). With `cold`, also an autoscaled deployment
+    at zero replicas (`cold`), which a Predict wakes."""
+    suffix = str(time.monotonic_ns())
+    with grpc.insecure_channel(stack.address_of("deployer")) as channel:
+        deployer = deployer_pb2_grpc.DeployerServiceStub(channel)
+        for old in pools.get("id", [])[:1]:
+            with contextlib.suppress(grpc.RpcError):
+                deployer.DeleteDeployment(
+                    deployer_pb2.DeleteDeploymentRequest(id=old), metadata=md, timeout=30
+                )
+        made = deployer.CreateDeployment(
+            deployer_pb2.CreateDeploymentRequest(
+                deployment=deployer_pb2.Deployment(
+                    name="fuzz-" + suffix, model_id=pools["model_id"][0], replicas=1
+                )
+            ),
+            metadata=md,
+            timeout=120,
+        )
+
+        def serving() -> bool:
+            d = deployer.GetDeployment(
+                deployer_pb2.GetDeploymentRequest(id=made.id), metadata=md, timeout=30
+            )
+            assert d.state != deployer_pb2.DEPLOYMENT_STATE_FAILED, d.error
+            return d.state == deployer_pb2.DEPLOYMENT_STATE_READY and d.ready_replicas >= 1
+
+        until(serving, 180, f"deployment {made.name} READY\n" + stack.log("controller"), 0.2)
+        sleeping = []
+        if cold:
+            sleeping.append(
+                deployer.CreateDeployment(
+                    deployer_pb2.CreateDeploymentRequest(
+                        deployment=deployer_pb2.Deployment(
+                            name="cold-" + suffix,
+                            model_id=pools["model_id"][0],
+                            replicas=0,
+                            min_replicas=0,
+                            max_replicas=1,
+                        )
+                    ),
+                    metadata=md,
+                    timeout=120,
+                ).id
+            )
+    names = [made.name, "made-" + suffix, "Not_A_Label", "-x", "x" * 64, "\u00e9t\u00e9"]
+    return {**pools, "id": [made.id, made.name], "name": names, "cold": sleeping}
+
+
+def deployer_requests(
+    stack: TrainerStack, md: tuple[tuple[str, str], ...], pools: dict[str, Any]
+) -> dict[str, list[Any]]:
+    """Valid DeployerService requests on the records of `pools`, by RPC: the fuzz also sends
+    them with generated fields merged in, since a generated request rarely gets every field
+    right at once (an id that exists, a model, a share, rows of the model's width)."""
+    d, name = pools["id"][0], pools["name"][1]  # the seeded deployment, a free name
+    onnx, run = pools["model_id"][0], pools["run_id"][0]
+    artifact = deployer_pb2.RunArtifactRef(run_id=run, path="model.onnx")
+    found = {
+        "CreateDeployment": [
+            deployer_pb2.CreateDeploymentRequest(
+                deployment=deployer_pb2.Deployment(name=name, model_id=onnx, replicas=1)
+            ),
+            deployer_pb2.CreateDeploymentRequest(
+                deployment=deployer_pb2.Deployment(name=name, run_artifact=artifact, replicas=0)
+            ),
+        ],
+        "ScaleDeployment": [deployer_pb2.ScaleDeploymentRequest(id=d, replicas=MAX_REPLICAS)],
+        "RolloutDeployment": [
+            deployer_pb2.RolloutDeploymentRequest(id=d, model_id=onnx, traffic_percent=50),
+            deployer_pb2.RolloutDeploymentRequest(id=d, run_artifact=artifact, traffic_percent=100),
+        ],
+        "PromoteDeployment": [deployer_pb2.PromoteDeploymentRequest(id=d)],
+        "RollbackDeployment": [deployer_pb2.RollbackDeploymentRequest(id=d)],
+        "Predict": [
+            *(deployer_pb2.PredictRequest(id=d, instances=rows) for rows in pools["instances"][:2]),
+            deployer_pb2.PredictRequest(id=d, inputs=pools["inputs"][:1]),
+            # woken from zero replicas
+            *(deployer_pb2.PredictRequest(id=c, inputs=pools["inputs"][:1]) for c in pools["cold"]),
+        ],
+        "RenderManifests": [deployer_pb2.RenderManifestsRequest(id=d)],
+    }
+    jobs = _rollout_jobs(stack, md)
+    if jobs:
+        found["GetRolloutJob"] = [common_pb2.GetJobRequest(id=j) for j in jobs]
+        found["WatchRolloutJob"] = [common_pb2.WatchJobRequest(id=j) for j in jobs]
+    return found
+
+
+def _rollout_jobs(stack: TrainerStack, md: tuple[tuple[str, str], ...]) -> list[str]:
+    """The ids of the rollout jobs `md`'s subject sees, where the deployer has such jobs."""
+    methods = deployer_pb2.DESCRIPTOR.services_by_name["DeployerService"].methods_by_name
+    if "ListRolloutJobs" not in methods:
+        return []
+    with (
+        grpc.insecure_channel(stack.address_of("deployer")) as channel,
+        contextlib.suppress(grpc.RpcError),  # the fuzz calls it too, and reports what it finds
+    ):
+        listed = channel.unary_unary(
+            "/neural.v1.DeployerService/ListRolloutJobs",
+            request_serializer=common_pb2.ListJobsRequest.SerializeToString,
+            response_deserializer=common_pb2.ListJobsResponse.FromString,
+        )(common_pb2.ListJobsRequest(page_size=5), metadata=md, timeout=30)
+        return [j.id for j in listed.jobs]
+    return []

@@ -235,21 +235,18 @@ def test_make_run_restarts_crashes_serves_and_stops_on_ctrl_c(tmp_path: Path) ->
         out.wait_for("stopped redis")
         stopped = re.findall(r"^stopped (\S+)$", out.text, re.M)
         # workers, then services, then Redis: nobody loses its broker while running
-        assert stopped[-1] == "redis" and set(stopped[:2]) == {"trainer-worker", "compiler-worker"}
-        gateway_services = {
-            name
-            for name in ("authz", "ratelimit")
-            if (ROOT / "gateway" / name / "__main__.py").exists()
-        }
+        workers = {"trainer-worker", "compiler-worker", "deployer-controller"}
+        assert stopped[-1] == "redis" and set(stopped[:3]) == workers
         assert set(stopped) == {
             "compiler",
             "tracker",
             "trainer",
-            "trainer-worker",
-            "compiler-worker",
+            "deployer",
+            *workers,
             "redis",
             "envoy",
-            *gateway_services,
+            "authz",
+            "ratelimit",
         }
         logs = {p.name: p.read_text(errors="replace") for p in tmp_path.glob("*.log")}
         assert not [name for name, text in logs.items() if "CRITICAL" in text], logs

@@ -9,7 +9,11 @@ http://127.0.0.1:$NEURAL_GATEWAY_PORT), NEURAL_DEPLOYER_RECONCILE_MS (500),
 NEURAL_REPLICA_THREADS (onnxruntime threads per replica, 1), and for autoscaling:
 NEURAL_DEPLOYER_TARGET_INFLIGHT (requests in flight per replica, 4),
 NEURAL_DEPLOYER_SCALE_DOWN_COOLDOWN_S (30) and NEURAL_ENVOY_ADMIN_URL (the gateway's admin, to
-count the requests it has in flight to each deployment; unset: the deployer's Predict only)."""
+count the requests it has in flight to each deployment; unset: the deployer's Predict only).
+
+It also moves rollout jobs through their lifecycle (rollouts.py) and delivers their webhooks:
+a Dramatiq worker for the `deployer.webhooks` queue runs in this process
+(NEURAL_DEPLOYER_WEBHOOK_THREADS, 2; 0 leaves them to `dramatiq services.deployer.worker`)."""
 
 from __future__ import annotations
 
@@ -20,17 +24,20 @@ import os
 import signal
 from pathlib import Path
 
-from service_kit import db, logs
+from service_kit import db, logs, webhooks
+from service_kit.jobs import JobStore
 from service_kit.settings import SettingsError, _int, load
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .. import tables, tasks
 from ..app import MIGRATIONS, VERSION_TABLE
 from ..service import NUDGE
 from ..store import DeployerStore
 from .autoscale import Autoscaler
 from .envoy import ClusterFile
 from .reconcile import Controller, listen
+from .rollouts import RolloutJobs
 
 log = logging.getLogger("neural.deployer.controller")
 
@@ -90,6 +97,12 @@ async def run() -> None:
         await engine.dispose()
         return
     store = DeployerStore(engine)
+    from .. import worker  # sets the broker up and declares the webhook actor on it
+
+    hook_threads = _int("NEURAL_DEPLOYER_WEBHOOK_THREADS", 2, 0, 64)
+    deliveries = worker.start(hook_threads) if hook_threads else None
+    sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.webhook_deliveries)
+    jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)
     autoscaler = Autoscaler(
         per_replica=_int("NEURAL_DEPLOYER_TARGET_INFLIGHT", 4, 1, 100_000),
         cooldown=_int("NEURAL_DEPLOYER_SCALE_DOWN_COOLDOWN_S", 30, 0, 86_400),
@@ -104,6 +117,7 @@ async def run() -> None:
         settings.redis_url,
         autoscaler,
         os.environ.get("NEURAL_ENVOY_ADMIN_URL", ""),
+        RolloutJobs(jobs),
     )
     nudges = asyncio.create_task(listen(settings.redis_url, NUDGE, controller.nudged))
     log.info(
@@ -117,6 +131,8 @@ async def run() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await nudges
         await store.close()
+        if deliveries is not None:
+            await asyncio.to_thread(deliveries.stop)
     log.info("controller stopped")
 
 

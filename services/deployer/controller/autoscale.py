@@ -1,7 +1,7 @@
 """Autoscaling: replicas follow the requests in flight, between a deployment's min_replicas
-and max_replicas (set both to turn it on), `per_replica` in flight each. Up at once; down only
-once the load has wanted fewer replicas for a whole `cooldown`, so a lull between bursts
-does not drop replicas that the next burst needs."""
+and max_replicas (max_replicas turns it on; min_replicas 0 scales to zero), `per_replica` in
+flight each. Up at once; down only once the load has wanted fewer replicas for a whole
+`cooldown`, so a lull between bursts does not drop replicas that the next burst needs."""
 
 from __future__ import annotations
 
@@ -20,12 +20,27 @@ class Autoscaler:
     cooldown: float = 30.0
     # deployment id -> when the load last wanted at least the replicas it has
     busy_at: dict[str, float] = field(default_factory=dict)
+    # deployment id -> the replicas it was last left with here
+    seen: dict[str, int] = field(default_factory=dict)
 
     def decide(
         self, deployment_id: str, current: int, low: int, high: int, inflight: int, now: float
     ) -> int:
         """The replicas a deployment should have now (`current` when unchanged)."""
-        want = min(max(math.ceil(inflight / self.per_replica), low, 1), high)
+        if self.seen.get(deployment_id) != current:
+            # changed by someone else (ScaleDeployment, a prediction waking it from zero):
+            # a whole cooldown before it may go down again
+            self.busy_at[deployment_id] = now
+        self.seen[deployment_id] = want = self._decide(
+            deployment_id, current, low, high, inflight, now
+        )
+        return want
+
+    def _decide(
+        self, deployment_id: str, current: int, low: int, high: int, inflight: int, now: float
+    ) -> int:
+        # min_replicas 0 lets it reach 0 (scale to zero); any prediction in flight wants one
+        want = min(max(math.ceil(inflight / self.per_replica), low), high)
         if want >= current:
             self.busy_at[deployment_id] = now
             return want
@@ -36,6 +51,7 @@ class Autoscaler:
 
     def forget(self, deployment_id: str) -> None:
         self.busy_at.pop(deployment_id, None)
+        self.seen.pop(deployment_id, None)
 
 
 def envoy_inflight(admin_url: str, timeout: float = 0.5) -> Counter[str]:

@@ -61,6 +61,10 @@ def cluster(deployment: str, localities: list[Locality]) -> dict[str, Any]:
             }
         },
         "common_lb_config": {"locality_weighted_lb_config": {}},
+        # Predictions are retried on a reset or an unavailable replica (the route's policy):
+        # Envoy's default of 3 retries at once per cluster would refuse most of them when a
+        # replica dies under load.
+        "circuit_breakers": {"thresholds": [{"max_retries": 1000}]},
         "health_checks": [
             {
                 "timeout": "1s",

@@ -47,6 +47,7 @@ from . import procs
 from .autoscale import Autoscaler, envoy_inflight
 from .envoy import ClusterFile, Locality, cluster
 from .procs import Proc
+from .rollouts import RolloutJobs
 
 log = logging.getLogger("neural.deployer.controller")
 UNHEALTHY_AFTER = 2  # failed health checks in a row that take a READY replica out
@@ -75,6 +76,7 @@ class Controller:
         redis_url: str = "",
         autoscaler: Autoscaler | None = None,
         envoy_admin_url: str = "",
+        rollouts: RolloutJobs | None = None,
     ) -> None:
         self.store = store
         self.clusters = cluster_file
@@ -93,6 +95,7 @@ class Controller:
         self.autoscaler = autoscaler or Autoscaler()
         self.envoy_admin_url = envoy_admin_url
         self.beat = 0.0  # monotonic time of the last heartbeat
+        self.rollouts = rollouts  # None: rollout jobs are left to another controller
 
     # ------------------------------------------------------------ start and stop
     async def adopt_orphans(self) -> int:
@@ -164,6 +167,22 @@ class Controller:
         deployments = await self.store.active()
         await self._report(deployments)
         await self._write_clusters(deployments)
+        await self._drive_rollouts(deployments)
+
+    async def _drive_rollouts(self, deployments: list[Deployment]) -> None:
+        """Move the rollout jobs of these deployments on (rollouts.py)."""
+        if self.rollouts is None or not deployments:
+            return
+        open_jobs = await self.store.open_rollouts()
+        if not open_jobs:
+            return
+        await self.rollouts.drive(
+            deployments,
+            open_jobs,
+            running=lambda v: len(self._of(v.deployment_id, v.id)),
+            ready=lambda v: sum(p.ready for p in self._of(v.deployment_id, v.id)),
+            wanted=lambda d, v: desired(d, weighted(d.versions), v),
+        )
 
     async def _autoscale(self, deployments: list[Deployment]) -> None:
         """Replicas of the deployments with bounds follow the predictions in flight."""
@@ -313,6 +332,7 @@ class Controller:
             self._stop_later(proc)
         if any(p.deployment_id == d.id for p in self.procs.values()):
             return  # still draining: the next pass finishes
+        await self._drive_rollouts([d])  # its open rollout is cancelled before its rows go
         await asyncio.to_thread(remove_files, self.storage, d.id)
         await self.store.purge(d.id)
         self.autoscaler.forget(d.id)

@@ -29,6 +29,7 @@ SERVICE = "inference.GRPCInferenceService"
 SERVER_NAME = "neural-replica"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "onnxruntime_onnx"
+STOP_DELAY_SECONDS = 1.0  # as a Kubernetes preStop sleep: the routes forget us first
 GRACE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a batch of images is large; the gateway limits callers
 
@@ -211,6 +212,10 @@ async def serve(model: Model, settings: Settings, gate: Gate) -> None:
     log.info("stopping: draining in-flight calls", extra={"fields": {"grace_s": GRACE_SECONDS}})
     servicer.ready = False
     await health_servicer.enter_graceful_shutdown()
+    # Keep answering while the gateway learns this replica is going (the controller drops it
+    # from Envoy's clusters before the SIGTERM, and health says NOT_SERVING now): grpc's own
+    # stop cancels calls that are queued but not yet started, which would fail them.
+    await asyncio.sleep(STOP_DELAY_SECONDS)
     await server.stop(GRACE_SECONDS)
     await servicer.close()
     log.info("stopped")
