@@ -49,12 +49,12 @@ $(OIP_STUBS): scripts/oip_stubs.py $(STAMP)
 	$(PY) scripts/oip_stubs.py --cache $(VENV)/cache --out libs/neural_api
 	touch $(OIP_STUBS)
 
-# Outside clients of the model servers (tritonclient needs protobuf < 7, which the project's
-# stubs cannot use): a venv of their own, which tests run as subprocesses.
-$(CLIENTS_STAMP):
+# Outside clients of the model servers (tritonclient and KServe's V2 client need protobuf < 7,
+# which the project's stubs cannot use): a venv of their own, which tests run as subprocesses.
+$(CLIENTS_STAMP): requirements-clients.txt
 	test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
 	$(CLIENTS)/bin/python -m pip install --quiet --upgrade pip
-	$(CLIENTS)/bin/python -m pip install --quiet 'tritonclient[grpc]==2.73.0' numpy==2.4.6
+	$(CLIENTS)/bin/python -m pip install --quiet -r requirements-clients.txt
 	touch $(CLIENTS_STAMP)
 
 # The REST API's OpenAPI document, generated from the descriptor set and its HTTP rules (never

@@ -25,7 +25,7 @@ from neural.v1 import (
 )
 
 from tests.deployer.conftest import DENSE
-from tests.deployer.test_replica_tritonclient import run_check
+from tests.deployer.test_replica_clients import run_check
 from tests.gateway.harness import Platform, start_platform
 from tests.waiting import until
 

@@ -1,6 +1,6 @@
 """Calls a replica with NVIDIA's `tritonclient[grpc]`, as an outside user would.
 
-Run by tests/deployer/test_replica_tritonclient.py with `.venv-clients/bin/python` (tritonclient
+Run by tests/deployer/test_replica_clients.py with `.venv-clients/bin/python` (tritonclient
 needs protobuf < 7, so it lives in a venv of its own, made by `make setup`). It checks live/ready,
 reads the model's metadata, runs one inference with the inputs of INPUTS (.npz, by tensor name)
 and compares each output with EXPECTED (.npz) exactly, then sends a wrong datatype and checks the
