@@ -25,7 +25,7 @@ from inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from neural.v1 import common_pb2, deployer_pb2, deployer_pb2_grpc
 from service_kit import errors, owners, webhooks
 from service_kit import job_messages as convert_jobs
-from service_kit.interceptors import CREDENTIAL_HEADERS, principal
+from service_kit.interceptors import forwarded_credentials, principal
 from service_kit.jobs import JobRecord, JobStore
 from service_kit.lifecycle import Lifecycle
 from service_kit.roles import service_roles
@@ -57,11 +57,6 @@ CALLER_CODES = {
 
 METHOD_ROLES = service_roles(SERVICE)  # declared in the protos
 log = logging.getLogger("neural.deployer")
-
-
-def _auth(context: Any) -> list[tuple[str, str]]:
-    """The caller's credentials, forwarded so other services and replicas act for the caller."""
-    return [(k, v) for k, v in context.invocation_metadata() if k in CREDENTIAL_HEADERS]
 
 
 class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
@@ -102,7 +97,9 @@ class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
         if await self.store.name_taken(d.name):
             raise errors.AlreadyExists(f"a deployment named {errors.shown(d.name)} exists")
         deployment_id = new_id()
-        path = await self.fetcher.fetch(src, deployment_id, FIRST_VERSION, _auth(context))
+        path = await self.fetcher.fetch(
+            src, deployment_id, FIRST_VERSION, forwarded_credentials(context)
+        )
         version = {
             "id": new_id(),
             "version": FIRST_VERSION,
@@ -160,7 +157,9 @@ class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
         src = spec.source(request, prefix="")
         hooks = webhooks.validate(request.webhooks)
         found, version = await self.store.next_version(request.id, owners.scope())
-        path = await self.fetcher.fetch(src, found.id, version, _auth(context), keep_others=True)
+        path = await self.fetcher.fetch(
+            src, found.id, version, forwarded_credentials(context), keep_others=True
+        )
         # the deployment's owner's job: whoever sees the deployment sees its rollouts
         job = await self.jobs.create(
             ROLLOUT,
@@ -292,7 +291,7 @@ class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
         name: str,
         ready: list[tuple[Replica, Version]],
     ) -> deployer_pb2.PredictResponse:
-        auth = _auth(context)
+        auth = forwarded_credentials(context)
         last: grpc.aio.AioRpcError | None = None
         for replica, version in _order(ready)[:ATTEMPTS]:
             try:

@@ -21,7 +21,7 @@ from neural.v1 import (
 from neural_dsl import DSLError, Limits
 from service_kit import errors, job_messages, owners, pagination, request_checks
 from service_kit.heartbeat import list_workers
-from service_kit.interceptors import CREDENTIAL_HEADERS, principal
+from service_kit.interceptors import forwarded_credentials, principal
 from service_kit.jobs import JobRecord, JobStore
 from service_kit.roles import service_roles
 from service_kit.streams import StreamCap
@@ -82,7 +82,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
     # ---------------------------------------------------------- requests
     async def _model_source(self, model_id: str, context: Any) -> tuple[str, str, dict]:
         """A registry model's program, fetched from the compiler as the caller."""
-        auth = [(k, v) for k, v in context.invocation_metadata() if k in CREDENTIAL_HEADERS]
+        auth = forwarded_credentials(context)
         async with grpc.aio.insecure_channel(self.compiler_address) as channel:
             stub = compiler_pb2_grpc.CompilerServiceStub(channel)
             try:

@@ -87,6 +87,11 @@ class CredentialCheck(Protocol):
     async def verify(self, credential: str, method: str) -> Principal | None: ...
 
 
+def forwarded_credentials(context: Any) -> list[tuple[str, str]]:
+    """The caller's identity as call metadata, for a service calling another as the caller."""
+    return [(k, v) for k, v in context.invocation_metadata() if k in CREDENTIAL_HEADERS]
+
+
 def principal() -> Principal:
     """The authenticated caller of the RPC in flight."""
     p = current_principal.get()
@@ -440,4 +445,11 @@ def _code(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
     return default
 
 
-__all__ = ["CREDENTIAL_HEADERS", "Interceptor", "code_pb2", "current_principal", "principal"]
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "Interceptor",
+    "code_pb2",
+    "current_principal",
+    "forwarded_credentials",
+    "principal",
+]
