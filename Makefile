@@ -24,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt \
-		-e libs/neural_dsl -e libs/neural_api -e libs/service_kit -e .
+		-e libs/neural_dsl -e libs/neural_api -e libs/service_kit -e libs/neural_client -e .
 	touch $(STAMP)
 
 # Python stubs (importable as neural.v1) and the descriptor set Envoy's transcoder reads. The

@@ -1,0 +1,6 @@
+"""The Neural platform's Python client (`Client`) and the `neural` command line."""
+
+from .client import Client
+from .errors import MissingKeyError, NeuralError
+
+__all__ = ["Client", "MissingKeyError", "NeuralError"]
