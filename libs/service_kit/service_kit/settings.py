@@ -64,7 +64,6 @@ class Settings:
     grace_seconds: int = 10
     # Envoy or a test may turn authentication off; never the default.
     auth_disabled: bool = False
-    worker_timeout_ms: int = 1000
     # How soon the broker gives a dead worker's unacknowledged messages to another worker.
     broker_heartbeat_timeout_ms: int = 15_000
     broker_maintenance_chance: int = 10_000  # broker commands per million that do maintenance
@@ -146,7 +145,6 @@ def load(service: str) -> Settings:
         max_upload_bytes=_int("NEURAL_MAX_UPLOAD_BYTES", 512 << 20, 1024, 1 << 40),
         grace_seconds=_int("NEURAL_GRACE_SECONDS", 10, 0, 600),
         auth_disabled=env.get("NEURAL_AUTH_DISABLED", "") == "1",
-        worker_timeout_ms=_int("NEURAL_WORKER_TIMEOUT_MS", 1000, 10, 600_000),
         broker_heartbeat_timeout_ms=_int(
             "NEURAL_BROKER_HEARTBEAT_TIMEOUT_MS", 15_000, 1000, 3_600_000
         ),
