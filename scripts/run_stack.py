@@ -127,7 +127,7 @@ class Child:
         assert self.proc is not None
         code = self.proc.poll()
         if code is None:
-            if now - self.started_at >= STABLE_S:
+            if now >= self.started_at + STABLE_S:
                 self.backoff = FIRST_BACKOFF_S
             return
         self._end_group(signal.SIGKILL)  # children the crashed process left behind
