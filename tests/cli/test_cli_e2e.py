@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.cli.stack import ROOT, admin_key, running_stack
+from tests.make_run import ROOT, admin_key, running_stack
 
 pytestmark = pytest.mark.e2e
 

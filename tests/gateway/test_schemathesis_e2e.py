@@ -4,8 +4,6 @@ is called with generated requests, and no answer may be a 5xx or stray from the 
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.services.conftest import free_port
+from tests.make_run import admin_key, running_stack
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -41,9 +39,6 @@ def _excluded_tags() -> list[str]:
     return ["DeployerService"] if not (ROOT / "services" / "deployer").is_dir() else []
 
 
-SERVICES = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[dict[str, str]]:
     """`make run`'s stack (scripts/run_stack.py) on free ports in a folder of its own."""
@@ -54,59 +49,8 @@ def stack() -> Iterator[dict[str, str]]:
         limits["roles"]["admin"] = {"requests": 1_000_000}
         limits_file = Path(tmp) / "limits.yaml"
         limits_file.write_text(yaml.safe_dump(limits))
-        env = {
-            **os.environ,
-            "NEURAL_RATELIMIT_CONFIG": str(limits_file),
-            "NEURAL_DATA_DIR": tmp,
-            "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
-            "NEURAL_GATEWAY_PORT": str(free_port()),
-            "NEURAL_GATEWAY_ADMIN_PORT": str(free_port()),
-            "dramatiq_prom_port": str(free_port()),
-            "TMPDIR": tmp,
-        }
-        env.pop("NEURAL_REDIS_URL", None)
-        env.pop("NEURAL_DATABASE_URL", None)
-        for name in SERVICES:
-            env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
-            env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
-            env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            assert process.stdout is not None
-            for line in process.stdout:
-                if line.startswith("Ctrl-C"):
-                    break
-            assert process.poll() is None, "the stack did not start"
-            env["NEURAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{Path(tmp) / 'neural.db'}"
+        with running_stack(Path(tmp), {"NEURAL_RATELIMIT_CONFIG": str(limits_file)}) as env:
             yield env
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-            if process.stdout is not None:
-                process.stdout.read()
-            process.wait(timeout=120)
-
-
-def _admin_key(env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.authz.keys", "create", "--name", "st", "--role", "admin"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    match = re.search(r"\bnk_\S+", out.stdout)
-    assert match, out.stdout
-    return match.group(0)
 
 
 # Calls that would end the test's own credentials: the stateful phase links ListApiKeys' ids to
@@ -168,7 +112,7 @@ def test_every_operation_conforms_through_the_gateway(
         timeout=30,
         what="the gateway serves /openapi.json",
     )
-    key = _admin_key(stack)
+    key = admin_key(stack, "st")
     others = [arg for op in KEY_ENDING for arg in ("--exclude-operation-id", op)]
     summary = _schemathesis(base, key, tmp_path / "all", others)
     # The admin key stayed valid throughout: the services were reached, not refused at the door.

@@ -1,5 +1,6 @@
 """`make run`'s stack (scripts/run_stack.py) on free ports in a folder of its own, and an admin
-key in it: what the CLI's end-to-end tests talk to, through the gateway only."""
+key in it: what tests that act as a user (the CLI's, schemathesis') talk to, through the
+gateway only."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from pathlib import Path
 
 from tests.services.conftest import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
 
 
 @contextlib.contextmanager
-def running_stack(folder: Path) -> Iterator[dict[str, str]]:
+def running_stack(folder: Path, settings: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """The stack's environment (its gateway at 127.0.0.1:NEURAL_GATEWAY_PORT, its database)
-    while it runs; stopped with Ctrl-C's signal afterwards."""
+    while it runs, `settings` added; stopped with Ctrl-C's signal afterwards."""
     env = {
         **os.environ,
+        **(settings or {}),
         "NEURAL_DATA_DIR": str(folder),
         "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
         "NEURAL_GATEWAY_PORT": str(free_port()),
