@@ -11,7 +11,7 @@ OPENAPI := gateway/openapi.json
 DOCS := gateway/docs/index.html
 PROTOS := $(wildcard protos/neural/v1/*.proto)
 
-.PHONY: setup test test-fast lint bench bench-deps clean run demo
+.PHONY: setup test test-fast lint bench bench-deps clean run demo diagram
 
 setup: $(STAMP) $(STUBS) $(OIP_STUBS) $(CLIENTS_STAMP) $(OPENAPI) $(DOCS)
 
@@ -101,6 +101,12 @@ run: setup
 # compile -> train (live progress) -> track, against `make run`'s stack or one of its own.
 demo: setup
 	$(PY) scripts/demo.py
+
+# docs/architecture.svg from its Graphviz source (Debian's graphviz, installed when missing);
+# tests/test_architecture_diagram.py fails when the two disagree.
+diagram:
+	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz)
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
 
 clean:
 	rm -rf $(VENV) .venv-bench $(CLIENTS) .pytest_cache .ruff_cache .hypothesis

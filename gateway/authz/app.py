@@ -77,7 +77,7 @@ async def build(settings: Settings) -> App:
         publics = list({key_id(k): k for k in publics}.values())  # each key once
     engine = db.make_engine(settings.database_url)
     keys = KeyStore(engine)
-    await keys.migrate()
+    await keys.prepare(settings.migrate_at_start)
     audit = AuditLog(engine)
     internal = Signer(private)
     authorizer = Authorizer(keys, Verifier(publics, audience=API_AUDIENCE), internal, audit)

@@ -108,6 +108,9 @@ class KeyStore:
     async def migrate(self) -> None:
         await db.migrate(self.engine, MIGRATIONS, VERSION_TABLE)
 
+    async def prepare(self, migrate_at_start: bool) -> None:
+        await db.prepare(self.engine, MIGRATIONS, VERSION_TABLE, migrate_at_start)
+
     def _forget(self) -> None:
         # A change (revocation, rotation) takes effect at once in this process.
         self._cache.clear()

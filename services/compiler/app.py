@@ -35,13 +35,9 @@ class App:
         await self.engine.dispose()
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
-
-
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
-    await migrate(engine)
+    await db.prepare(engine, MIGRATIONS, VERSION_TABLE, settings.migrate_at_start)
     setup_broker(settings)  # the server sends by name (tasks.py); the actors live in the worker
     sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.webhook_deliveries)
     jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)

@@ -41,7 +41,7 @@ class App:
 
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
-    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    await db.prepare(engine, MIGRATIONS, VERSION_TABLE, settings.migrate_at_start)
     store = DeployerStore(engine)
     fetcher = ModelFetcher(
         settings.storage_dir,

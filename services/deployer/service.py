@@ -36,6 +36,7 @@ from . import manifests, spec
 from . import oip as convert
 from .load import InFlight
 from .models import ModelFetcher, remove_files, remove_version_files
+from .replica_host import replica_host
 from .spec import bad
 from .store import PENDING, READY, DeployerStore, Replica, Version, new_id
 
@@ -76,6 +77,7 @@ class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
         self.cold_start_s = env_int("NEURAL_DEPLOYER_COLD_START_S", 60, 1, 3600)
         self.redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.channels: dict[int, grpc.aio.Channel] = {}
+        self.replica_host = replica_host()  # the controller's replicas, by DNS name
         # (deployment id, version) -> the model's inputs as (name, OIP datatype)
         self.inputs: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.inflight = InFlight()  # the autoscaler's signal (load.py)
@@ -314,7 +316,8 @@ class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
     def _stub(self, port: int) -> oip_grpc.GRPCInferenceServiceStub:
         channel = self.channels.get(port)
         if channel is None:
-            channel = self.channels[port] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            target = f"{self.replica_host}:{port}"
+            channel = self.channels[port] = grpc.aio.insecure_channel(target)
         return oip_grpc.GRPCInferenceServiceStub(channel)
 
     async def _infer(

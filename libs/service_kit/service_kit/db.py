@@ -7,6 +7,8 @@ migrates them at start."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,13 +16,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+log = logging.getLogger("neural.db")
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -64,8 +71,18 @@ def _config(script_location: Path, version_table: str) -> Config:
     return cfg
 
 
+def _lock_key(version_table: str) -> int:
+    # a stable 63-bit key per owner, so owners migrate in parallel and each one alone
+    return int.from_bytes(hashlib.sha256(version_table.encode()).digest()[:8], "big") >> 1
+
+
 async def migrate(engine: AsyncEngine, script_location: Path, version_table: str) -> None:
-    """Upgrade the owner's tables to the newest revision (from empty on a new database)."""
+    """Upgrade the owner's tables to the newest revision (from empty on a new database).
+
+    Every replica of a service migrates at its start, and `python -m services.migrate` may run
+    beside them: on PostgreSQL a transaction-scoped advisory lock makes them take turns, so the
+    second finds the schema at head instead of failing on a half-made table. (SQLite's write
+    lock does the same for one file.)"""
 
     def upgrade(sync_conn: Any) -> None:
         cfg = _config(script_location, version_table)
@@ -73,7 +90,59 @@ async def migrate(engine: AsyncEngine, script_location: Path, version_table: str
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(version_table)}
+            )
         await conn.run_sync(upgrade)
+
+
+async def revisions(
+    engine: AsyncEngine, script_location: Path, version_table: str
+) -> tuple[set[str], set[str]]:
+    """(the revisions the database is at, the scripts' heads): equal when up to date."""
+
+    def read(sync_conn: Any) -> set[str]:
+        context = MigrationContext.configure(sync_conn, opts={"version_table": version_table})
+        return set(context.get_current_heads())
+
+    async with engine.connect() as conn:
+        current = await conn.run_sync(read)
+    heads = set(ScriptDirectory.from_config(_config(script_location, version_table)).get_heads())
+    return current, heads
+
+
+async def prepare(
+    engine: AsyncEngine,
+    script_location: Path,
+    version_table: str,
+    migrate_at_start: bool,
+    timeout_s: float = 300,
+) -> None:
+    """The owner's tables at head before a service serves: migrated here, or (where
+    `python -m services.migrate` runs first, NEURAL_MIGRATE_AT_START=0) waited for."""
+    if migrate_at_start:
+        await migrate(engine, script_location, version_table)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    waited = False
+    while True:
+        try:
+            current, heads = await revisions(engine, script_location, version_table)
+        except (OSError, DBAPIError):  # the database is not up yet
+            current, heads = set(), {"?"}
+        if current == heads:
+            return
+        if loop.time() >= deadline:
+            raise RuntimeError(
+                f"{version_table} is at {sorted(current) or 'nothing'}, this code needs "
+                f"{sorted(heads)}: run `python -m services.migrate` (NEURAL_MIGRATE_AT_START=0)"
+            )
+        if not waited:
+            log.info("waiting for migrations", extra={"fields": {"table": version_table}})
+            waited = True
+        await asyncio.sleep(0.5)
 
 
 def run_env(target_metadata: MetaData) -> None:

@@ -90,6 +90,9 @@ class Settings:
     ratelimit_config: str = ""
     ratelimit_fail_open: bool = True
     ratelimit_redis_timeout_ms: int = 100
+    # Whether a service migrates its tables at start (the default), or waits for
+    # `python -m services.migrate` to have (a migration Job; services without DDL rights).
+    migrate_at_start: bool = True
 
     @property
     def address(self) -> str:
@@ -162,6 +165,7 @@ def load(service: str) -> Settings:
         ratelimit_config=env.get("NEURAL_RATELIMIT_CONFIG", ""),
         ratelimit_fail_open=_flag("NEURAL_RATELIMIT_FAIL_OPEN", True),
         ratelimit_redis_timeout_ms=_int("NEURAL_RATELIMIT_REDIS_TIMEOUT_MS", 100, 1, 10_000),
+        migrate_at_start=_flag("NEURAL_MIGRATE_AT_START", True),
     )
 
 

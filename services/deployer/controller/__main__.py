@@ -6,7 +6,8 @@ Environment: the deployer's own NEURAL_* settings (database, Redis, storage), pl
 NEURAL_ENVOY_DYNAMIC_DIR (default `<NEURAL_DATA_DIR>/envoy-dynamic`) where Envoy's cluster
 file is written, NEURAL_GATEWAY_URL (the endpoints' base, default
 http://127.0.0.1:$NEURAL_GATEWAY_PORT), NEURAL_DEPLOYER_RECONCILE_MS (500),
-NEURAL_REPLICA_THREADS (onnxruntime threads per replica, 1), and for autoscaling:
+NEURAL_REPLICA_THREADS (onnxruntime threads per replica, 1), NEURAL_REPLICA_HOST (where
+the replicas are reached, 127.0.0.1; see replica_host.py), and for autoscaling:
 NEURAL_DEPLOYER_TARGET_INFLIGHT (requests in flight per replica, 4),
 NEURAL_DEPLOYER_SCALE_DOWN_COOLDOWN_S (30) and NEURAL_ENVOY_ADMIN_URL (the gateway's admin, to
 count the requests it has in flight to each deployment; unset: the deployer's Predict only).
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import tables, tasks
 from ..app import MIGRATIONS, VERSION_TABLE
+from ..replica_host import ReplicaHostError, replica_host
 from ..service import NUDGE
 from ..store import DeployerStore
 from .autoscale import Autoscaler
@@ -118,6 +120,7 @@ async def run() -> None:
         autoscaler,
         os.environ.get("NEURAL_ENVOY_ADMIN_URL", ""),
         RolloutJobs(jobs),
+        replica_host(),
     )
     nudges = asyncio.create_task(listen(settings.redis_url, NUDGE, controller.nudged))
     log.info(
@@ -139,7 +142,7 @@ async def run() -> None:
 def main() -> None:
     try:
         asyncio.run(run())
-    except SettingsError as exc:
+    except (SettingsError, ReplicaHostError) as exc:
         raise SystemExit(f"deployer controller: {exc}") from None
 
 

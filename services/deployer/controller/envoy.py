@@ -18,7 +18,7 @@ import yaml
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HTTP_OPTIONS_TYPE = f"type.googleapis.com/{HTTP_OPTIONS}"
-HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -34,7 +34,8 @@ def cluster_name(deployment: str) -> str:
     return f"deployment.{deployment}"
 
 
-def cluster(deployment: str, localities: list[Locality]) -> dict[str, Any]:
+def cluster(deployment: str, localities: list[Locality], host: str = LOOPBACK) -> dict[str, Any]:
+    """The deployment's cluster; `host` is the replicas' IP address."""
     name = cluster_name(deployment)
     endpoints = [
         {
@@ -42,7 +43,7 @@ def cluster(deployment: str, localities: list[Locality]) -> dict[str, Any]:
             # Envoy refuses a weight of 0: a version with no traffic is left out
             "load_balancing_weight": loc.weight,
             "lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": HOST, "port_value": p}}}}
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": p}}}}
                 for p in sorted(loc.ports)
             ],
         }

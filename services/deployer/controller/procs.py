@@ -67,13 +67,14 @@ def replica_args(
     max_batch_size: int,
     max_batch_delay_us: int,
     threads: int = 1,
+    host: str = "127.0.0.1",
 ) -> list[str]:
     return [
         sys.executable,
         "-m",
         REPLICA_MODULE,
         *("--model", model, "--model-name", name, "--model-version", version),
-        *("--port", "0", "--host", "127.0.0.1"),
+        *("--port", "0", "--host", host),
         *("--max-batch-size", str(max(max_batch_size, 1))),
         *("--max-batch-delay-us", str(max_batch_delay_us)),
         *("--threads", str(threads)),

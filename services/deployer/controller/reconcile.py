@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from .. import load
 from ..models import remove_files
+from ..replica_host import listen_host, resolved
 from ..store import (
     DELETING,
     FAILED,
@@ -77,6 +78,7 @@ class Controller:
         autoscaler: Autoscaler | None = None,
         envoy_admin_url: str = "",
         rollouts: RolloutJobs | None = None,
+        replica_host: str = "127.0.0.1",
     ) -> None:
         self.store = store
         self.clusters = cluster_file
@@ -96,6 +98,10 @@ class Controller:
         self.envoy_admin_url = envoy_admin_url
         self.beat = 0.0  # monotonic time of the last heartbeat
         self.rollouts = rollouts  # None: rollout jobs are left to another controller
+        # where the replicas are reached (an address: Envoy's clusters take no names) and
+        # what they bind
+        self.replica_address = resolved(replica_host)
+        self.replica_listen = listen_host(replica_host)
 
     # ------------------------------------------------------------ start and stop
     async def adopt_orphans(self) -> int:
@@ -292,7 +298,13 @@ class Controller:
 
     async def _start(self, d: Deployment, v: Version) -> None:
         args = procs.replica_args(
-            v.model_path, d.name, v.version, d.max_batch_size, d.max_batch_delay_us, self.threads
+            v.model_path,
+            d.name,
+            v.version,
+            d.max_batch_size,
+            d.max_batch_delay_us,
+            self.threads,
+            self.replica_listen,
         )
         replica_id = new_id()
         proc = await procs.spawn(replica_id, d.id, v.id, args, Path.cwd())
@@ -372,7 +384,8 @@ class Controller:
     def _channel(self, port: int) -> grpc.aio.Channel:
         channel = self.channels.get(port)
         if channel is None:
-            channel = self.channels[port] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            target = f"{self.replica_address}:{port}"
+            channel = self.channels[port] = grpc.aio.insecure_channel(target)
         return channel
 
     async def _report(self, deployments: list[Deployment]) -> None:
@@ -407,7 +420,11 @@ class Controller:
 
     async def _write_clusters(self, deployments: list[Deployment]) -> None:
         clusters = [
-            cluster(d.name, self.localities(d) if d.state in (PENDING, READY) else [])
+            cluster(
+                d.name,
+                self.localities(d) if d.state in (PENDING, READY) else [],
+                self.replica_address,
+            )
             for d in deployments
         ]
         if self.clusters.write(clusters):
