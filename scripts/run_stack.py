@@ -84,6 +84,39 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> bool:
     return False
 
 
+def ports_in_use(wanted: dict[int, str]) -> list[str]:
+    """Which of the stack's ports (port -> what listens there) another process holds: a
+    second stack on the same ports would otherwise look up (the first one answers) while its
+    own services fail to bind and restart forever."""
+    taken = []
+    for port, what in sorted(wanted.items()):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"{port} ({what})")
+    return taken
+
+
+def stack_ports(env: dict[str, str], services: list[tuple[str, int]]) -> dict[int, str]:
+    """Every port this stack listens on, from the same settings the processes read."""
+    wanted: dict[int, str] = {}
+    for name, default_port in services:
+        port = int(env.get(f"NEURAL_{name.upper()}_PORT", str(default_port)))
+        wanted[port] = f"{name}, NEURAL_{name.upper()}_PORT"
+        metrics = int(env.get(f"NEURAL_{name.upper()}_METRICS_PORT", str(port + 1000)))
+        wanted[metrics] = f"{name} metrics, NEURAL_{name.upper()}_METRICS_PORT"
+    wanted[int(env.get("NEURAL_GATEWAY_PORT", str(GATEWAY_PORT)))] = "gateway, NEURAL_GATEWAY_PORT"
+    admin = int(env.get("NEURAL_GATEWAY_ADMIN_PORT", str(GATEWAY_ADMIN_PORT)))
+    wanted[admin] = "gateway admin, NEURAL_GATEWAY_ADMIN_PORT"
+    wanted[int(env["dramatiq_prom_port"])] = "worker metrics, dramatiq_prom_port"
+    if not env.get("NEURAL_REDIS_URL"):
+        redis_port = int(env.get("NEURAL_LOCAL_REDIS_PORT", "6390"))
+        wanted[redis_port] = "local Redis, NEURAL_LOCAL_REDIS_PORT"
+    return wanted
+
+
 @dataclass
 class Child:
     """One supervised process: how to start it, and its restart schedule."""
@@ -243,6 +276,15 @@ def main() -> int:
         addresses[name] = env.setdefault(f"NEURAL_{name.upper()}_ADDRESS", f"127.0.0.1:{port}")
     gateway_port = int(env.get("NEURAL_GATEWAY_PORT", str(GATEWAY_PORT)))
     admin_port = int(env.get("NEURAL_GATEWAY_ADMIN_PORT", str(GATEWAY_ADMIN_PORT)))
+    servers = [(name, port) for name, *_, port in [*gateway_services, *SERVICES]]
+    taken = ports_in_use(stack_ports(env, servers))
+    if taken:
+        print(
+            f"ports in use: {', '.join(taken)}. Is another `make run` running (see "
+            f"{data / STACK_FILE})? Stop it, or move this stack with the settings named.",
+            file=sys.stderr,
+        )
+        return 1
     stack = Stack(env, data)
     stack_file = data / STACK_FILE
 

@@ -16,6 +16,7 @@ import onnx
 import pytest
 
 from tests.make_run import ROOT, admin_key, running_stack
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -126,6 +127,17 @@ def test_deploy_then_predict_digits(env: dict[str, str], run_id: str, tmp_path: 
     assert np.asarray(output["data"]).shape == (8, 10)
     table = neural(env, "predict", "cli-digits", "--input", str(tmp_path / "x.npy"))
     assert table.returncode == 0 and "Predictions" in table.stdout
+    listed = neural(env, "deployments", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "cli-digits" in [d["name"] for d in json.loads(listed.stdout)]
+    deleted = neural(env, "deployments", "delete", "cli-digits")
+    assert deleted.returncode == 0 and "deleting" in deleted.stdout, deleted.stderr
+
+    def gone() -> bool:
+        found = neural(env, "deployments", "get", "cli-digits")
+        return found.returncode == 1 and "NOT_FOUND" in found.stderr
+
+    until(gone, 60, "the deployment deleted", every=0.5)
 
 
 def test_a_missing_key_is_named(env: dict[str, str]) -> None:

@@ -158,6 +158,25 @@ class FakeClient:
         self.calls.append(("plot", (run_ids, keys, x_axis)))
         return b"\x89PNG\r\n\x1a\n..."
 
+    def deployments(self) -> list[deployer_pb2.Deployment]:
+        self.calls.append(("deployments", ()))
+        return [
+            deployer_pb2.Deployment(
+                id="d-1",
+                name="digits",
+                state=deployer_pb2.DEPLOYMENT_STATE_READY,
+                replicas=2,
+                ready_replicas=1,
+                model_version="v1",
+            )
+        ]
+
+    def delete_deployment(self, deployment: str) -> deployer_pb2.Deployment:
+        self.calls.append(("delete", (deployment,)))
+        return deployer_pb2.Deployment(
+            id="d-1", name=deployment, state=deployer_pb2.DEPLOYMENT_STATE_DELETING
+        )
+
     def cancel_job(self, job_id: str, kind: str) -> common_pb2.Job:
         self.calls.append(("cancel", (job_id, kind)))
         return common_pb2.Job(id=job_id, state=common_pb2.JOB_STATE_CANCELLED)
@@ -306,3 +325,29 @@ def test_compare_table_marks_the_best() -> None:
     console.print(render.compare_table(answer))
     text = console.export_text()
     assert "0.9 *" in text and "0.8 *" not in text
+
+
+def test_deployments_list_and_delete(fake: FakeClient) -> None:
+    table = runner.invoke(app, ["deployments", "list"])
+    assert table.exit_code == 0
+    assert "digits" in table.stdout and "READY" in table.stdout and "1/2" in table.stdout
+    listed = json.loads(runner.invoke(app, ["deployments", "list", "--json"]).stdout)
+    assert [d["name"] for d in listed] == ["digits"]
+    deleted = runner.invoke(app, ["deployments", "delete", "digits"])
+    assert deleted.exit_code == 0 and "deployment digits (d-1) deleting" in deleted.stdout
+    assert ("delete", ("digits",)) in fake.calls
+
+
+def test_a_deployment_not_ready_in_time_is_not_called_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pending = deployer_pb2.Deployment(
+        id="d-1", name="slow", state=deployer_pb2.DEPLOYMENT_STATE_PENDING
+    )
+    monkeypatch.setattr(Client, "get_deployment", lambda self, d: pending)
+    monkeypatch.setenv("NEURAL_API_KEY", "nk_test")
+    with pytest.raises(NeuralError) as caught:
+        Client().wait_ready("slow", timeout_s=0, poll_s=0)
+    assert not caught.value.unreachable
+    assert error_message(caught.value, "http://x")[1] == 1
+    assert "not ready after 0 s (DEPLOYMENT_STATE_PENDING" in str(caught.value)

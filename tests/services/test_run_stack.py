@@ -283,3 +283,22 @@ def test_demo_ignores_an_undescribed_server_and_removes_its_own_stack(tmp_path: 
     assert "val_accuracy by epoch" in demo.stdout
     assert list(tmp.iterdir()) == []  # its stack's folder, key included, is gone
     assert list(data.iterdir()) == []
+
+
+def test_make_run_refuses_ports_another_process_holds(tmp_path: Path) -> None:
+    env = stack_env(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(env["NEURAL_TRACKER_PORT"])))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert f"{env['NEURAL_TRACKER_PORT']} (tracker, NEURAL_TRACKER_PORT)" in done.stderr
+    assert "Is another `make run` running" in done.stderr
+    assert not (tmp_path / "redis.log").exists()  # nothing was started

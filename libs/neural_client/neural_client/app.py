@@ -30,9 +30,13 @@ app = typer.Typer(
 jobs_app = typer.Typer(help="Background jobs: list, get, cancel, watch.", no_args_is_help=True)
 runs_app = typer.Typer(help="Tracked runs: list, get, compare.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (admin): create, list, revoke.", no_args_is_help=True)
+deployments_app = typer.Typer(
+    help="Deployments (served models): list, get, delete.", no_args_is_help=True
+)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(runs_app, name="runs")
 app.add_typer(keys_app, name="keys")
+app.add_typer(deployments_app, name="deployments")
 
 
 def make_console() -> Console:

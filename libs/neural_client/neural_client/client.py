@@ -316,7 +316,8 @@ class Client:
     def wait_ready(
         self, deployment: str, timeout_s: float = 300.0, poll_s: float = 0.5
     ) -> deployer_pb2.Deployment:
-        """Polls until a replica is ready; FAILED or the timeout is a NeuralError."""
+        """Polls until a replica is ready; FAILED or the timeout is a NeuralError (with no
+        gRPC code: the platform answered, the model did not become ready)."""
         deadline = time.monotonic() + timeout_s
         while True:
             found = self.get_deployment(deployment)
@@ -327,8 +328,8 @@ class Client:
             if time.monotonic() >= deadline:
                 raise NeuralError(
                     f"deployment {found.name} not ready after {timeout_s:g} s "
-                    f"({deployer_pb2.DeploymentState.Name(found.state)})",
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"({deployer_pb2.DeploymentState.Name(found.state)}; "
+                    f"`neural deployments get {found.name}` says why)"
                 )
             time.sleep(poll_s)
 

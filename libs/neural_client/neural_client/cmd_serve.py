@@ -1,4 +1,5 @@
-"""`neural deploy`, `neural scale`, `neural predict` and `neural keys create|list|revoke`."""
+"""`neural deploy`, `neural scale`, `neural predict`, `neural deployments list|get|delete` and
+`neural keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ from typing import Annotated
 
 import typer
 
-from .app import JsonOption, app, client, console, emit_json, keys_app
+from .app import JsonOption, app, client, console, deployments_app, emit_json, keys_app
 from .client import ROLES, from_tensor
 from .inputs import load_array
-from .render import deployment_state, deployment_table, keys_table, predictions_table, to_dict
+from .render import (
+    deployment_state,
+    deployment_table,
+    deployments_table,
+    keys_table,
+    predictions_table,
+    to_dict,
+)
 
 
 @app.command()
@@ -71,6 +79,30 @@ def predict(
         print(f"output {tensor.name or 0}: shape {tuple(array.shape)}")
     if outputs and outputs[0].ndim >= 1 and len(outputs[0]):
         console.print(predictions_table(outputs[0]))
+
+
+@deployments_app.command("list")
+def deployments_list(json: JsonOption = False) -> None:
+    """Your deployments: state, ready replicas, the version serving."""
+    found = client().deployments()
+    emit_json(found) if json else console.print(deployments_table(found))
+
+
+@deployments_app.command("get")
+def deployments_get(deployment: str, json: JsonOption = False) -> None:
+    """One deployment (by id or name), with its endpoint and any error."""
+    found = client().get_deployment(deployment)
+    emit_json(found) if json else console.print(deployment_table(found))
+
+
+@deployments_app.command("delete")
+def deployments_delete(deployment: str, json: JsonOption = False) -> None:
+    """Stop serving a deployment (by id or name) and remove it."""
+    found = client().delete_deployment(deployment)
+    if json:
+        emit_json(found)
+        return
+    print(f"deployment {found.name} ({found.id}) deleting: its replicas stop, then it is gone")
 
 
 @keys_app.command("create")

@@ -169,6 +169,22 @@ def deployment_table(d: deployer_pb2.Deployment) -> Table:
     return _table(f"Deployment {d.name}", ("field", "value"), rows)
 
 
+def deployments_table(found: Sequence[deployer_pb2.Deployment]) -> Table:
+    rows = [
+        (
+            d.name,
+            d.id,
+            deployment_state(d.state),
+            f"{d.ready_replicas}/{d.replicas}",
+            d.model_version,
+            d.error,
+        )
+        for d in found
+    ]
+    columns = ("name", "id", "state", "ready", "model version", "error")
+    return _table("Deployments", columns, rows)
+
+
 def keys_table(keys: Sequence[auth_pb2.ApiKey]) -> Table:
     rows = [
         (
