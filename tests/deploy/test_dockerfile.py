@@ -65,6 +65,8 @@ def test_every_module_the_image_runs_exists() -> None:
         ["-m", "gateway.render", "--help"],
         ["-m", "gateway.authz.keys", "--help"],
         ["-m", "dramatiq", "--help"],
+        ["-m", "services.migrate", "--help"],
+        ["-m", "service_kit.healthcheck", "--help"],
     ],
 )
 def test_the_tools_the_image_runs_start(command: list[str]) -> None:
