@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,35 +56,39 @@ async def test_fanout_shares_one_subscription_among_many_watchers() -> None:
     sync = redis.Redis(port=REDIS_PORT, db=db)
     client = aioredis.from_url(redis_url(db))
     fanout = Fanout(client, queue_size=4)
+    # Pub/sub channels are global to the Redis server, not per db: names of this run's own
+    # keep another process's traffic (a second test run, a stack) out of the counts.
+    a, b = f"a-{uuid.uuid4().hex}", f"b-{uuid.uuid4().hex}"
     try:
         async with contextlib.AsyncExitStack() as blocks:
             watchers = [
                 (name, await blocks.enter_async_context(fanout.watch(name)))
-                for name in ["a"] * 60 + ["b"] * 40
+                for name in [a] * 60 + [b] * 40
             ]
-            assert sync.pubsub_numsub("a", "b") == [(b"a", 1), (b"b", 1)]
+            assert sync.pubsub_numsub(a, b) == [(a.encode(), 1), (b.encode(), 1)]
             assert len(_subscribers(sync, db)) == 1
-            await client.publish("a", b"one")
-            await client.publish("b", b"two")
+            await client.publish(a, b"one")
+            await client.publish(b, b"two")
             got = await asyncio.gather(*(w.get(5) for _, w in watchers))
-            assert got == [b"one" if name == "a" else b"two" for name, _ in watchers]
+            assert got == [b"one" if name == a else b"two" for name, _ in watchers]
             # a watcher that does not read loses its oldest messages, never blocks the others
             for n in range(10):
-                await client.publish("a", str(n).encode())
-            # one connection delivers in order: once "b" has the marker, "a" has all ten
-            await client.publish("b", b"marker")
+                await client.publish(a, str(n).encode())
+            # one connection delivers in order: once b has the marker, a has all ten
+            await client.publish(b, b"marker")
             assert await watchers[-1][1].get(5) == b"marker"
             first = watchers[0][1]
             assert first.pending == 4
             assert [await first.get(1) for _ in range(4)] == [b"6", b"7", b"8", b"9"]
             # Redis drops the connection: the reader subscribes again to every channel
-            sync.client_kill_filter(_type="pubsub")
+            (reader,) = _subscribers(sync, db)
+            sync.client_kill_filter(_id=reader["id"])  # this test's connection, no other
             await until_async(
-                lambda: sync.pubsub_numsub("a", "b") == [(b"a", 1), (b"b", 1)],
+                lambda: sync.pubsub_numsub(a, b) == [(a.encode(), 1), (b.encode(), 1)],
                 10,
                 "the subscriptions to come back",
             )
-            await client.publish("b", b"again")
+            await client.publish(b, b"again")
             assert await watchers[-1][1].get(5) == b"again"
         # the last watcher gone: no subscription and no connection left
         await until_async(lambda: not _subscribers(sync, db), 10, "the connection to close")
