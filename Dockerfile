@@ -29,13 +29,14 @@ RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/wh
 COPY protos/ protos/
 COPY scripts/ scripts/
 COPY gateway/ gateway/
-# The generated stubs, the OIP stubs, the OpenAPI document and Swagger UI's files, by the
-# Makefile's own rules (STAMP emptied: the venv is this image's, not .venv).
+# The generated stubs, the OIP stubs, the DSL parser's cache (installed with the library as
+# package data), the OpenAPI document and Swagger UI's files, by the Makefile's own rules
+# (STAMP emptied: the venv is this image's, not .venv).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends make=4.3-4.1 \
     && make STAMP= PY=/opt/venv/bin/python VENV=/opt/venv \
         libs/neural_api/.generated libs/neural_api/.generated-oip \
-        gateway/openapi.json gateway/docs/index.html \
+        libs/neural_dsl/.generated-parser gateway/openapi.json gateway/docs/index.html \
     && pip install --no-cache-dir --no-deps ./libs/neural_dsl ./libs/neural_api ./libs/service_kit \
     && rm -rf /var/lib/apt/lists/* /opt/venv/cache
 COPY services/ services/

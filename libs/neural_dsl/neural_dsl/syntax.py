@@ -6,13 +6,18 @@ meaning is given to it; `analyze.py` turns it into the IR.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import lark
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
@@ -94,28 +99,101 @@ class RawProgram:
 
 
 # ---------------------------------------------------------------- parser
+# Options that shape the parse tables; the transformer is given at load time, never saved.
+_LARK_OPTIONS: dict[str, Any] = {
+    "parser": "lalr",
+    "lexer": "contextual",
+    "start": list(START_RULES),
+    "maybe_placeholders": False,
+}
+_CACHE_GLOB = "parser-*.lark-cache"
+# The package's directory; None when it is not on a file system (a zip import).
+_HERE: Path | None = (
+    Path(__file__).parent if (Path(__file__).parent / "grammar.lark").is_file() else None
+)
+
+
 def _grammar_text() -> str:
+    # A plain read where possible: importlib.resources' first use costs a few ms of imports.
+    if _HERE is not None:
+        return (_HERE / "grammar.lark").read_text(encoding="utf-8")
     return resources.files(__package__).joinpath("grammar.lark").read_text(encoding="utf-8")
 
 
+def _full_grammar() -> str:
+    return _grammar_text() + "\nlayer_start: _layer_item\n"
+
+
 def build_parser() -> Lark:
-    """Build a fresh parser (what `bench/dsl_parse.py` times as the one-off cost)."""
-    grammar = _grammar_text() + "\nlayer_start: _layer_item\n"
+    """Build a fresh parser (what `bench/dsl_parse.py` times as the baseline)."""
     # The transformer runs inside the LALR parser, so no parse tree is built at all;
     # positions come from the tokens (keywords and brackets are kept for that).
-    return Lark(
-        grammar,
-        parser="lalr",
-        lexer="contextual",
-        start=list(START_RULES),
-        maybe_placeholders=False,
-        transformer=_ToRaw(),
-    )
+    return Lark(_full_grammar(), transformer=_ToRaw(), **_LARK_OPTIONS)
+
+
+def _cache_key() -> str:
+    """What the saved tables depend on: the grammar, the options, lark's and Python's versions."""
+    options = "".join(f"{k}{v}" for k, v in sorted(_LARK_OPTIONS.items()))
+    seed = f"{_full_grammar()}\0{options}\0{lark.__version__}\0{sys.version_info[:2]}"
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def _cache_file(directory: Path | None, key: str) -> Path | None:
+    directory = directory if directory is not None else _HERE
+    return directory / f"parser-{key[:24]}.lark-cache" if directory is not None else None
+
+
+def parser_cache_path(directory: Path | None = None) -> Path | None:
+    """Where the saved parser for this grammar, lark and Python lives (None: the package is
+    not on a file system, e.g. a zip import).
+
+    The key is in the name, so a stale file (grammar edited, lark upgraded) is never opened.
+    The file is a pickle (lark's `Lark.save`), so it lives only in the package's own directory,
+    written at build time: whoever can write there can change this code anyway. Never in a
+    shared temporary directory, where another user could plant one."""
+    return _cache_file(directory, _cache_key())
+
+
+def load_parser(directory: Path | None = None) -> Lark:
+    """The parser saved by `make setup` (and the image's build), or built when there is none
+    (the library installed on its own): the same parser either way. Never writes."""
+    key = _cache_key()
+    path = _cache_file(directory, key)
+    if path is None or not path.is_file():
+        return build_parser()
+    with path.open("rb") as f:
+        if f.readline().rstrip(b"\n") != key.encode():
+            return build_parser()  # a file renamed or copied in: not this grammar's
+        # What lark's own `cache=` option does with the file `Lark.save` wrote: the
+        # transformer is not saved (it is code), so it is given here.
+        return Lark.__new__(Lark)._load(f, transformer=_ToRaw())
+
+
+def write_parser_cache(directory: Path | None = None) -> Path:
+    """Save the parser for the current grammar (build time only), remove older ones, and
+    return the file's path."""
+    key = _cache_key()
+    path = _cache_file(directory, key)
+    if path is None:
+        raise RuntimeError(f"{__package__} is not on a file system: no parser cache to write")
+    # Written beside it, then renamed: a process starting meanwhile never reads half a file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(key.encode() + b"\n")
+            build_parser().save(f, exclude_options=("transformer",))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in path.parent.glob(_CACHE_GLOB):
+        if old != path:
+            old.unlink()
+    return path
 
 
 @lru_cache(maxsize=1)
 def parser() -> Lark:
-    return build_parser()
+    return load_parser()
 
 
 def _loc(token: Token) -> Loc:
