@@ -93,6 +93,7 @@ bench: setup
 	$(PY) bench/tracker_ingest.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/predict.py
+	$(PY) bench/job_latency.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
 # distribution is also called neural-dsl, so it cannot share .venv with ours), MLflow, and

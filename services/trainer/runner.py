@@ -363,27 +363,21 @@ class JobRunner:
 Work = Callable[[JobRunner, TrainingRequest, TrackerClient], Awaitable[None]]
 
 
-def _resources(settings: Settings) -> Resources:
+def open_resources(settings: Settings) -> Resources:
+    """What the actors run on: opened once per worker thread and kept from job to job
+    (`service_kit.actor_loop`), so a job starts without connecting to anything."""
     return Resources.open(settings, WebhookSender(tasks.WEBHOOKS, tables.deliveries))
 
 
-async def run_job(settings: Settings, job_id: str, work: Work, max_attempts: int) -> None:
+async def run_job(res: Resources, job_id: str, work: Work, max_attempts: int) -> None:
     """What the `train_model` and `search_model` actors run."""
-    res = _resources(settings)
-    try:
-        await JobRunner(res, job_id, max_attempts).run(work)
-    finally:
-        await res.close()
+    await JobRunner(res, job_id, max_attempts).run(work)
 
 
 async def gave_up(
-    settings: Settings, message: Mapping[str, Any], retry_info: Mapping[str, Any]
+    res: Resources, message: Mapping[str, Any], retry_info: Mapping[str, Any]
 ) -> None:
     """What `training_gave_up` runs when a job's retries ran out."""
-    res = _resources(settings)
-    try:
-        await lifecycle.give_up(res.jobs, message, retry_info)
-        job_id, _ = lifecycle.exhausted(message, retry_info)
-        shutil.rmtree(res.workdir(job_id), ignore_errors=True)
-    finally:
-        await res.close()
+    await lifecycle.give_up(res.jobs, message, retry_info)
+    job_id, _ = lifecycle.exhausted(message, retry_info)
+    shutil.rmtree(res.workdir(job_id), ignore_errors=True)

@@ -16,9 +16,12 @@ from __future__ import annotations
 from dramatiq.middleware import TimeLimit
 from dramatiq.middleware.prometheus import Prometheus
 from service_kit import logs
+from service_kit.actor_loop import CloseThreadLoops
 from service_kit.broker import setup_broker
 from service_kit.heartbeat import Heartbeat
 from service_kit.settings import load
+
+from .warmup import WarmUp
 
 settings = load("trainer")
 logs.setup("trainer-worker", settings.log_level)
@@ -29,5 +32,10 @@ for middleware in broker.middleware:
         middleware.time_limit = (settings.training_time_limit_s + 300) * 1000
 broker.add_middleware(Heartbeat(settings.redis_url))  # listed by ListWorkers
 broker.add_middleware(Prometheus())
+# ready to train before the consumers start: PyTorch warmed, TensorFlow imported after boot
+broker.add_middleware(WarmUp(settings.limits()))
 
-from . import actors  # noqa: E402,F401  (declared on the broker above)
+from . import actors  # noqa: E402  (declared on the broker above)
+
+# each worker thread's loop and connections, kept from job to job, close with the thread
+broker.add_middleware(CloseThreadLoops(actors.LOOP))

@@ -285,8 +285,17 @@ class JobStore:
         self, job_id: str, event: str = "progress", message: str = "", **values: Any
     ) -> JobRecord:
         """Write `values` and tell watchers and webhooks of `event`."""
-        await self.save(job_id, **values)
-        rec = await self.get(job_id)
+        if "details" in values:
+            values["details"] = json.dumps(values["details"])
+        t = self.table
+        async with db.transaction(self.sessions) as s:
+            # the row as written, in the same statement (no read after the write)
+            row = (
+                await s.execute(update(t).where(t.c.id == job_id).values(**values).returning(t))
+            ).first()
+        if row is None:
+            raise NotFound(f"no job {shown(job_id)}")
+        rec = _record(row)
         await self.publish(rec, event, message)
         await self._notify(rec, event, message)
         return rec
