@@ -8,9 +8,18 @@ server's health check (the floor of any call on this machine), the time of one
 time to read back a 100,000-point history; and, on PostgreSQL, a raw asyncpg `executemany`
 of the same rows into the same table (the ratio is the service's overhead). With `mlflow`
 installed in .venv-bench (`make bench-deps`), the same workload against a local MLflow
-tracking server (SQLite backend) is printed as a ratio. The client calls the tracker as the
-gateway would, with an internal token (x-neural-principal) signed by a keypair of this run's
-own; Redis is NEURAL_REDIS_URL, else 127.0.0.1:6379 db 12.
+tracking server (SQLite backend) is printed as a ratio.
+
+Logging from a training loop (bench/logging_loop.py, the same code on both sides): the
+points per second a loop reaches with the client's `Run.log_metric` (neural_client: a
+buffer, sent over StreamMetrics by a background thread) and with MLflow's
+`mlflow.log_metric(..., synchronous=False)` against that MLflow server, counted to the end
+of the loop and to the end of the flush that stores the last point (every point is read back
+on both sides), and how much longer each makes a loop that logs its loss every step of a tiny
+MLP, in wall-clock time (the server shares this machine's cores) and in the training
+process's CPU time. The client calls the tracker as the gateway would, with an internal
+token (x-neural-principal) signed by a keypair of this run's own; Redis is NEURAL_REDIS_URL,
+else 127.0.0.1:6379 db 12.
 
     .venv/bin/python bench/tracker_ingest.py [--points N]
 """
@@ -27,6 +36,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -65,6 +75,30 @@ got = len(c.get_metric_history(run3, "h"))
 hist = time.perf_counter() - t0
 print(json.dumps({"batch": batch, "single": single, "history_s": hist, "history_points": got}))
 """
+
+# Runs in .venv-bench: MLflow's asynchronous logging, in the loop our client runs (the
+# training-loop pairs are fewer and shorter than ours: MLflow's calls take about a millisecond).
+MLFLOW_ASYNC = r"""
+import functools, json, sys, time
+sys.path.insert(0, sys.argv[3])
+import mlflow
+from logging_loop import TinyMLP, overhead, throughput
+uri, points, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[4])
+mlflow.set_tracking_uri(uri)
+mlflow.set_experiment(f"async-{time.time()}")
+with mlflow.start_run() as run:
+    log = functools.partial(mlflow.log_metric, synchronous=False)
+    out = throughput(log, mlflow.flush_async_logging, points)
+    if repeats:
+        out |= overhead(log, mlflow.flush_async_logging, TinyMLP(), 1000, repeats)
+got = len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss"))
+assert got == points, (got, points)
+print(json.dumps(out))
+"""
+# Out of the box MLflow sends one request per asynchronous call; with this setting its
+# logging thread gathers what was logged for a second into one request, which makes it the
+# stronger baseline: the ratios are against it.
+MLFLOW_BUFFERING = {"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "1"}
 
 
 async def workload(
@@ -253,6 +287,50 @@ def sync_singles(port: int, md: tuple[tuple[str, str], ...], calls: int = 1000) 
     return {"single_sync_calls_per_s": single, "health_calls_per_s": floor}
 
 
+def client_logging(port: int, md: tuple[tuple[str, str], ...], points: int) -> dict[str, float]:
+    """bench/logging_loop.py through the client's `Run` on this tracker, with the numpy step
+    and (torch_*) the PyTorch one; every point read back."""
+    from logging_loop import TinyMLP, TorchMLP, overhead, throughput
+    from neural.v1 import tracker_pb2, tracker_pb2_grpc
+    from neural_client import Run
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        t = tracker_pb2_grpc.TrackerServiceStub(ch)
+        exp = t.CreateExperiment(
+            tracker_pb2.CreateExperimentRequest(
+                experiment=tracker_pb2.Experiment(name=f"loop-{uuid.uuid4().hex[:6]}")
+            ),
+            metadata=md,
+        )
+        created = t.CreateRun(
+            tracker_pb2.CreateRunRequest(experiment_id=exp.id, run=tracker_pb2.Run(name="loop")),
+            metadata=md,
+        )
+        with Run(t, md, created, owned=True) as run:
+            out = throughput(run.log_metric, run.flush, points)
+            out |= overhead(run.log_metric, run.flush, TinyMLP(), 20_000)
+            torch_step = overhead(run.log_metric, run.flush, TorchMLP(), 1000)
+            out |= {f"torch_{k}": v for k, v in torch_step.items()}
+        got, token = 0, ""
+        while True:
+            page = t.GetMetricHistory(
+                tracker_pb2.GetMetricHistoryRequest(
+                    run_id=run.id,
+                    key="loss",
+                    page_size=10_000,
+                    page_token=token,
+                    view=tracker_pb2.METRIC_HISTORY_VIEW_COLUMNS,
+                ),
+                metadata=md,
+            )
+            got += len(page.steps)
+            token = page.next_page_token
+            if not token:
+                break
+        assert got == points, (got, points)
+    return {f"client_{k}": v for k, v in out.items()}
+
+
 def run_backend(name: str, database_url: str, points: int, scale: bool) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-bench-"))
     port = free_port()
@@ -274,7 +352,7 @@ def run_backend(name: str, database_url: str, points: int, scale: bool) -> dict[
     try:
         wait_port(port)
         out = asyncio.run(workload(port, md, points, scale))
-        return out | sync_singles(port, md)
+        return out | sync_singles(port, md) | client_logging(port, md, points)
     finally:
         server.terminate()
         server.wait(30)
@@ -310,10 +388,20 @@ def show(label: str, r: dict[str, float]) -> None:
         f"(columns {r['history_10k_columns_s'] * 1e3:4.1f} ms), "
         f"{r['history_points']:,.0f} pts in {r['history_read_s']:.2f} s"
     )
+    print(
+        f"{label:10s} Run.log_metric: loop {r['client_loop_per_s']:9,.0f} calls/s, delivered "
+        f"{r['client_delivered_per_s']:9,.0f} pts/s, {r['client_cpu_us_per_point']:.1f} us "
+        f"of CPU a point; logging every step of a "
+        f"{r['client_step_us']:.0f} us numpy step costs it {r['client_overhead']:+.1%} "
+        f"(CPU {r['client_cpu_overhead']:+.1%}), of a {r['client_torch_step_us']:.0f} us "
+        f"PyTorch step {r['client_torch_overhead']:+.1%} "
+        f"(CPU {r['client_torch_cpu_overhead']:+.1%})"
+    )
 
 
-def mlflow_baseline(points: int) -> dict[str, float] | None:
-    """The same workload against `mlflow server` with a SQLite backend, or None."""
+def mlflow_baseline(points: int, async_points: int) -> dict[str, Any] | None:
+    """The same workload against `mlflow server` with a SQLite backend, and the logging loop
+    with MLflow's asynchronous logging (under "async"); None without MLflow."""
     if (
         not BENCH_PY.exists()
         or subprocess.run([str(BENCH_PY), "-c", "import mlflow"], capture_output=True).returncode
@@ -351,7 +439,29 @@ def mlflow_baseline(points: int) -> dict[str, float] | None:
             timeout=1800,
             check=True,
         )
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        for label, count, repeats, settings in (
+            ("async", async_points, 5, MLFLOW_BUFFERING),
+            ("async_default", 200, 0, {}),
+        ):
+            proc = subprocess.run(
+                [
+                    str(BENCH_PY),
+                    "-c",
+                    MLFLOW_ASYNC,
+                    f"http://127.0.0.1:{port}",
+                    str(count),
+                    str(Path(__file__).resolve().parent),
+                    str(repeats),
+                ],
+                env={**os.environ, **settings},
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=True,
+            )
+            out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return out
     finally:
         server.terminate()
         server.wait(30)
@@ -387,7 +497,7 @@ def main() -> int:
         )
     finally:
         asyncio.run(drop(name))
-    ml = mlflow_baseline(min(args.points, 20_000))
+    ml = mlflow_baseline(min(args.points, 20_000), min(args.points, 20_000))
     if ml is None:
         print("mlflow not installed in .venv-bench (make bench-deps): no MLflow ratio")
         return 0
@@ -402,6 +512,23 @@ def main() -> int:
             f"{r['single_sync_calls_per_s'] / ml['single']:6.1f}x, history 10k "
             f"{ml['history_s'] / r['history_10k_s']:6.1f}x faster "
             f"(columns {ml['history_s'] / r['history_10k_columns_s']:6.1f}x)"
+        )
+    a, d = ml["async"], ml["async_default"]
+    print(
+        f"mlflow     log_metric(synchronous=False), buffering 1 s: loop {a['loop_per_s']:7,.0f} "
+        f"calls/s, delivered {a['delivered_per_s']:7,.0f} pts/s, "
+        f"{a['cpu_us_per_point']:.0f} us of CPU a point; logging every step of a "
+        f"{a['step_us']:.0f} us numpy step costs it {a['overhead']:+.0%} "
+        f"(CPU {a['cpu_overhead']:+.0%}); unbuffered (the default): loop "
+        f"{d['loop_per_s']:,.0f} calls/s, delivered {d['delivered_per_s']:,.0f} pts/s"
+    )
+    for label, r in (("sqlite", sqlite), ("postgres", pg)):
+        print(
+            f"Run.log_metric / mlflow async on {label:8s}: loop "
+            f"{r['client_loop_per_s'] / a['loop_per_s']:6.1f}x, delivered "
+            f"{r['client_delivered_per_s'] / a['delivered_per_s']:6.1f}x points/s, CPU a point "
+            f"{a['cpu_us_per_point'] / r['client_cpu_us_per_point']:5.0f}x less; overhead on "
+            f"the numpy step {r['client_overhead']:+.1%} vs {a['overhead']:+.1%}"
         )
     return 0
 

@@ -2,5 +2,6 @@
 
 from .client import Client
 from .errors import MissingKeyError, NeuralError
+from .run import Run
 
-__all__ = ["Client", "MissingKeyError", "NeuralError"]
+__all__ = ["Client", "MissingKeyError", "NeuralError", "Run"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from neural.v1 import (
 
 from .channel import DEFAULT_URL, open_channel
 from .errors import MissingKeyError, NeuralError
+from .run import Run
 
 T = TypeVar("T")
 
@@ -115,9 +117,15 @@ class Client:
         self.tracker = tracker_pb2_grpc.TrackerServiceStub(self.channel)
         self.deployer = deployer_pb2_grpc.DeployerServiceStub(self.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self._runs: weakref.WeakSet[Run] = weakref.WeakSet()
 
     def close(self) -> None:
-        self.channel.close()
+        """Closes the runs opened through this client first, sending their points."""
+        try:
+            for run in list(self._runs):
+                run.close()
+        finally:
+            self.channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -267,6 +275,49 @@ class Client:
     ) -> tracker_pb2.CompareRunsResponse:
         request = tracker_pb2.CompareRunsRequest(run_ids=run_ids, metric_keys=metric_keys or [])
         return self._unary(self.tracker.CompareRuns, request)
+
+    def start_run(
+        self,
+        experiment: str,
+        name: str = "",
+        tags: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Run:
+        """A new RUNNING run in `experiment` (its name, created when missing), as a `Run` to
+        log to; `options` are Run's (max_buffer, flush_interval, block_timeout, rpc_timeout)."""
+        request = tracker_pb2.CreateRunRequest(
+            experiment_id=self._experiment_for_run(experiment),
+            run=tracker_pb2.Run(name=name, tags=dict(tags or {})),
+        )
+        run = self._unary(self.tracker.CreateRun, request)
+        return self._open(Run(self.tracker, self.metadata, run, owned=True, **options))
+
+    def run(self, run_id: str, **options: Any) -> Run:
+        """A `Run` for an existing run (e.g. a training job's), to log more to it."""
+        return self._open(Run(self.tracker, self.metadata, self.get_run(run_id), **options))
+
+    def _open(self, run: Run) -> Run:
+        self._runs.add(run)
+        return run
+
+    def _experiment_for_run(self, name: str) -> str:
+        try:
+            return self.experiment_id(name)
+        except NeuralError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                raise
+        request = tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name=name))
+        try:
+            return self._unary(self.tracker.CreateExperiment, request).id
+        except NeuralError as err:
+            # Another process created it meanwhile; or a deleted experiment holds the name,
+            # and the error says so.
+            if err.code != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            try:
+                return self.experiment_id(name)
+            except NeuralError:
+                raise err from None
 
     def metric_history(self, run_id: str, key: str) -> list[tracker_pb2.Metric]:
         points: list[tracker_pb2.Metric] = []
