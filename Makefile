@@ -94,6 +94,7 @@ bench: setup
 	$(PY) bench/training_overhead.py
 	$(PY) bench/predict.py
 	$(PY) bench/job_latency.py
+	$(PY) bench/first_call.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
 # distribution is also called neural-dsl, so it cannot share .venv with ours), MLflow, and

@@ -164,10 +164,17 @@ def start_envoy(
 ) -> tuple[subprocess.Popen, int, int]:
     """Envoy on `name`'s configuration: (process, port, admin port)."""
     from gateway import proxy
-    from gateway.render import UPSTREAMS
+    from gateway.render import UPSTREAMS, ensure_dynamic_dir
 
     port, admin = free_port(), free_port()
-    settings = {"NEURAL_GATEWAY_PORT": str(port), "NEURAL_GATEWAY_ADMIN_PORT": str(admin)}
+    # The deployments' cluster file: this run's own (none), not the one of `make run`'s .run/.
+    dynamic = tmp / "envoy-dynamic"
+    ensure_dynamic_dir(dynamic)
+    settings = {
+        "NEURAL_GATEWAY_PORT": str(port),
+        "NEURAL_GATEWAY_ADMIN_PORT": str(admin),
+        "NEURAL_ENVOY_DYNAMIC_DIR": str(dynamic),
+    }
     for upstream in UPSTREAMS:  # one not started (trainer, ...) is a port nothing listens on
         address = f"127.0.0.1:{upstreams.get(upstream) or free_port()}"
         settings[f"NEURAL_{upstream.upper()}_ADDRESS"] = address

@@ -19,12 +19,13 @@ from service_kit.internal_token import (
 from service_kit.roles import load_all, public_methods, service_roles
 from service_kit.server import ServiceSpec
 from service_kit.settings import Settings, SettingsError
+from service_kit.warmup import NOBODY, rehearsal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .audit import AuditLog
 from .check import AuthorizationServicer, Authorizer
 from .service import SERVICE, AuthService
-from .store import KeyStore
+from .store import KEY_PREFIX, KeyStore
 
 CHECK = "envoy.service.auth.v3.Authorization"
 API_AUDIENCE = "neural-api"  # the bearer tokens IssueToken hands out (not for services)
@@ -60,6 +61,22 @@ class App:
     async def close(self) -> None:
         await self.audit.close()
         await self.engine.dispose()
+
+
+async def warm(
+    engine: AsyncEngine, keys: KeyStore, audit: AuditLog, authorizer: Authorizer
+) -> None:
+    """Compile the statements a first call runs (SQLAlchemy caches them): a key's lookup, as
+    Check and the interceptor make it, the listings, and a key's insert (rolled back)."""
+    await authorizer.grant_of(KEY_PREFIX + NOBODY.replace("-", "_") * 6)
+    await keys.get(NOBODY)
+    for owner in (NOBODY, None):  # a user's listings, and an admin's (no owner filter)
+        await keys.list(owner, False)
+        await audit.list(owner)
+    async with rehearsal(engine) as sessions:
+        rehearsed = KeyStore(engine)
+        rehearsed.sessions = sessions
+        await rehearsed.create(NOBODY, "user", NOBODY, NOBODY)
 
 
 async def build(settings: Settings) -> App:
@@ -105,5 +122,6 @@ async def build(settings: Settings) -> App:
         reflected=load_all(),
         tokens=Verifier(publics),
         credentials=Credentials(authorizer),
+        warmup=lambda: warm(engine, keys, audit, authorizer),
     )
     return App(engine, keys, audit, authorizer, spec)

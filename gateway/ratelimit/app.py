@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from service_kit.server import ServiceSpec
 from service_kit.settings import Settings
 
 from . import config
 from .service import METHOD, SERVICE, RateLimitService, RedisState
-from .window import SlidingWindows
+from .window import DECIDE, SlidingWindows
 
 
 @dataclass
@@ -40,6 +42,14 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     )
 
 
+async def warm(client: aioredis.Redis) -> None:
+    """Load the decision's script into Redis: the first call's EVALSHA would otherwise miss
+    and send it (a second round trip). Without Redis the service fails open or closed as
+    configured, not an error of the warm-up: the first decision after Redis returns loads it."""
+    with contextlib.suppress(RedisError, OSError):
+        await client.script_load(DECIDE)
+
+
 async def build(settings: Settings) -> App:
     limits = config.load(settings.ratelimit_config or None)
     client = redis_client(settings)
@@ -50,5 +60,6 @@ async def build(settings: Settings) -> App:
         [(rls_pb2_grpc.add_RateLimitServiceServicer_to_server, service, SERVICE)],
         public_methods=frozenset({METHOD}),
         health_checks=[redis.health],
+        warmup=lambda: warm(client),
     )
     return App(client, service, spec)

@@ -14,25 +14,31 @@ from typing import Any
 
 from service_kit import db, owners, pagination
 from service_kit.errors import NotFound, shown
-from sqlalchemy import delete, select
+from service_kit.keyed_reads import KeyedReads
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .compile_step import Artifact, CompileInput
 from .tables import models
 
+# The keyed reads of GetModel, Download*, Delete and Compile's cache: built once (see
+# service_kit.keyed_reads).
+BY_ID = select(models).where(models.c.id == bindparam("id"))
+BY_CACHE_KEY = select(models).where(models.c.cache_key == bindparam("key"))
+
 
 class Registry:
     def __init__(self, engine: AsyncEngine, storage_dir: Path) -> None:
         self.sessions = db.sessions(engine)
+        self.reads = KeyedReads(engine)
         self.root = storage_dir / "compiler"
 
     def path(self, model_id: str, artifact_name: str) -> Path:
         return self.root / model_id / artifact_name
 
     async def find(self, cache_key: str) -> Any | None:
-        async with self.sessions() as s:
-            return (await s.execute(select(models).where(models.c.cache_key == cache_key))).first()
+        return await self.reads.first(BY_CACHE_KEY, {"key": cache_key})
 
     async def store(self, req: CompileInput, art: Artifact) -> tuple[Any, bool]:
         """Write the artifact, then its row; (row, cached) when an identical one exists."""
@@ -74,8 +80,7 @@ class Registry:
         return await self.get(model_id, None), False
 
     async def get(self, model_id: str, owner: str | None) -> Any:
-        async with self.sessions() as s:
-            row = (await s.execute(select(models).where(models.c.id == model_id))).first()
+        row = await self.reads.first(BY_ID, {"id": model_id})
         if row is None or not owners.visible(row.owner, owner):
             raise NotFound(f"no model {shown(model_id)}")
         return row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,26 @@ CHUNK = 64 * 1024
 
 # Reading is for viewers; changing the registry needs a user: see compiler.proto.
 METHOD_ROLES = service_roles(SERVICE)  # declared in the protos
+
+# A program this small is checked on the event loop, in well under a millisecond: handing it
+# to a thread and back costs about as much as the check. A larger one goes to a thread.
+INLINE_CHECK_CHARS = 256
+# GetModel's message per model row, for rows up to this many characters of text (a few MB in
+# all at most). A row never changes, and building its message (the IR as a Struct, value by
+# value in Python) is most of the call's CPU; the row is still read on every call.
+CACHED_MODEL_CHARS = 64 * 1024
+CACHED_MODELS = 256
+
+
+@functools.lru_cache(maxsize=CACHED_MODELS)
+def _model_message(row: Any) -> compiler_pb2.Model:
+    return convert.model(row)
+
+
+def _model(row: Any) -> compiler_pb2.Model:
+    """The message of a model row; the same one for the same row while it is cached."""
+    size = len(row.source) + len(row.ir_json) + len(row.shapes_json) + len(row.hparams_json)
+    return _model_message(row) if size <= CACHED_MODEL_CHARS else convert.model(row)
 
 
 class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
@@ -118,7 +139,10 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
                 [errors.FieldViolation("source", f"over {self.limits.max_source_bytes} bytes")],
             )
         try:
-            result = await asyncio.to_thread(check, request.source, self.limits)
+            if len(request.source) <= INLINE_CHECK_CHARS:
+                result = check(request.source, self.limits)
+            else:
+                result = await asyncio.to_thread(check, request.source, self.limits)
         except DSLError as exc:
             return compiler_pb2.ValidateResponse(
                 valid=False,
@@ -204,7 +228,7 @@ class CompilerService(compiler_pb2_grpc.CompilerServiceServicer):
         )
 
     async def GetModel(self, request: Any, context: Any) -> compiler_pb2.Model:
-        return convert.model(await self.registry.get(request.id, owners.scope()))
+        return _model(await self.registry.get(request.id, owners.scope()))
 
     async def DownloadModel(self, request: Any, context: Any) -> AsyncIterator[Any]:
         row = await self.registry.get(request.id, owners.scope())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,29 @@ from service_kit.broker import setup_broker
 from service_kit.jobs import JobStore
 from service_kit.server import ServiceSpec, dependency_checks
 from service_kit.settings import Settings, service_address
+from service_kit.warmup import NOBODY, missing
 
 from . import tables, tasks
 from .models import ModelFetcher
-from .service import METHOD_ROLES, SERVICE, DeployerService
+from .service import METHOD_ROLES, ROLLOUT, SERVICE, DeployerService
 from .store import DeployerStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_deployer"
+
+
+async def warm(store: DeployerStore, jobs: JobStore) -> None:
+    """What a first call would otherwise pay for: onnxruntime, which checks a new
+    deployment's model (imported in a thread, not at start: seconds), and the statements of
+    the reads (compiled once, then cached)."""
+    await asyncio.to_thread(importlib.import_module, "onnxruntime")
+    for owner in (NOBODY, None):  # a user's listings, and an admin's (no owner filter)
+        await store.list(owner, None, "", 1)
+        await jobs.list(owner, 1, "", None, ROLLOUT)
+    await store.name_taken(NOBODY)
+    await jobs.deliveries([NOBODY], 1)
+    await missing(store.get(NOBODY, NOBODY))
+    await missing(jobs.get(NOBODY, NOBODY))
 
 
 @dataclass
@@ -60,6 +76,7 @@ async def build(settings: Settings) -> App:
         [(deployer_pb2_grpc.add_DeployerServiceServicer_to_server, service, SERVICE)],
         METHOD_ROLES,
         health_checks=dependency_checks(engine, settings.redis_url),
+        warmup=lambda: warm(store, jobs),
     )
     # the autoscaler's signal: this server's predictions in flight, published to Redis
     publisher = asyncio.create_task(service.inflight.publish(service.redis))

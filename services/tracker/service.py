@@ -184,7 +184,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         return await self._run_message(row)
 
     async def GetRun(self, request: Any, context: Any) -> Any:
-        return await self._run_message(await self.store.runs.get(request.id, owners.scope()))
+        return _run(*await self.store.runs.read(request.id, owners.scope()))
 
     async def UpdateRun(self, request: Any, context: Any) -> Any:
         paths = set(request.update_mask.paths) or {"name", "status", "end_time"}

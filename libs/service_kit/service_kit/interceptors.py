@@ -15,8 +15,8 @@ import asyncio
 import contextvars
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from random import getrandbits
 from typing import Any, Protocol
 
 import grpc
@@ -158,7 +158,42 @@ def _status(exc: errors.ServiceError) -> grpc.Status:
     return rpc_status.to_status(detail)
 
 
+class _Route:
+    """What the interceptor needs of one RPC, worked out at its first call instead of at every
+    one: its short name, the role it needs, its resource, whether its messages are checked and
+    logged, and its metrics' series (a `labels()` lookup takes a lock and hashes the labels)."""
+
+    __slots__ = (
+        "counted",
+        "in_flight",
+        "latency",
+        "logged",
+        "method",
+        "ours",
+        "public",
+        "resource",
+        "role",
+        "short",
+    )
+
+    def __init__(self, interceptor: Interceptor, method: str) -> None:
+        self.method = method
+        self.short = method.rsplit("/", 1)[-1]
+        self.public = method in interceptor.public
+        self.role = interceptor.roles.get(method, "user")
+        self.resource = interceptor.resources.get(method)
+        self.ours = method.startswith(CHECKED)
+        self.logged = method not in ALWAYS_PUBLIC
+        self.in_flight = IN_FLIGHT.labels(interceptor.service, self.short)
+        self.latency = LATENCY.labels(interceptor.service, self.short)
+        self.counted: dict[grpc.StatusCode, Any] = {}  # status code -> REQUESTS' series
+
+
 class Interceptor(grpc.aio.ServerInterceptor):
+    """The kit's checks and records around every handler. `serve` wraps each handler of the
+    server once, at start (`wrap`); as a grpc.aio interceptor (`intercept_service`), it hands
+    grpc the same wrapped handler at every call of a method."""
+
     def __init__(
         self,
         service: str,
@@ -179,48 +214,72 @@ class Interceptor(grpc.aio.ServerInterceptor):
         self.resources = resources or {}
         self.public = ALWAYS_PUBLIC | public
         self.auth_disabled = auth_disabled
+        self._routes: dict[str, _Route] = {}
+        # gRPC path -> (the handler, it wrapped): a method's handler is wrapped once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
+        return self.wrap(details.method, await continuation(details))  # type: ignore[return-value]
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """`handler` (of the RPC at gRPC path `method`) behind the interceptor; None stays
+        None (grpc answers UNIMPLEMENTED). The same handler gets the same wrapper back."""
         if handler is None:
-            return handler
-        method = details.method
-        meta = dict(details.invocation_metadata or ())
+            return None
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, meta),
+                self._unary(handler.unary_unary, method),
                 _lenient(handler.request_deserializer),
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, meta, streamed=True),
+                self._unary(handler.stream_unary, method, streamed=True),
                 _lenient(handler.request_deserializer),
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, meta),
+                self._stream(handler.unary_stream, method),
                 _lenient(handler.request_deserializer),
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method, meta, streamed=True),
+            self._stream(handler.stream_stream, method, streamed=True),
             _lenient(handler.request_deserializer),
             handler.response_serializer,
         )
 
+    def _route(self, method: str) -> _Route:
+        route = self._routes.get(method)
+        if route is None:
+            route = self._routes[method] = _Route(self, method)
+        return route
+
     # -------------------------------------------------------------- per call
-    async def _enter(self, method: str, meta: dict[str, Any], context: Any) -> None:
-        rid = str(meta.get("x-request-id") or uuid.uuid4().hex)[:64]
+    async def _enter(self, route: _Route, context: Any) -> None:
+        meta = dict(context.invocation_metadata() or ())
+        # A random id, as uuid4's hex, from the process's generator (reseeded after a fork):
+        # uuid4 reads the kernel's random source, a system call on every call.
+        rid = str(meta.get("x-request-id") or f"{getrandbits(128):032x}")[:64]
         request_id.set(rid)
         context.set_trailing_metadata((("x-request-id", rid),))
         current_principal.set(None)
-        if method in self.public:
+        if route.public:
             return
         if self.auth_disabled:
             current_principal.set(Principal("anonymous", "admin"))
@@ -228,15 +287,14 @@ class Interceptor(grpc.aio.ServerInterceptor):
         if PRINCIPAL_HEADER in meta:
             who = self._internal(str(meta[PRINCIPAL_HEADER]))
         elif self.credentials is not None:
-            who = await self._credential(meta, method)
+            who = await self._credential(meta, route.method)
         else:
             raise errors.Unauthenticated(
                 "no internal token (x-neural-principal): call through the gateway, whose "
                 "authz service checks your API key or token"
             )
-        need = self.roles.get(method, "user")
-        if not who.allows(need):
-            raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {need} role")
+        if not who.allows(route.role):
+            raise errors.PermissionDenied(f"{route.short} needs the {route.role} role")
         current_principal.set(who)
 
     def _internal(self, token: str) -> Principal:
@@ -264,23 +322,21 @@ class Interceptor(grpc.aio.ServerInterceptor):
             raise errors.Unauthenticated("invalid, expired or revoked credentials")
         return who
 
-    def _within_resources(self, method: str, request: Any, streamed: bool) -> None:
+    def _within_resources(self, route: _Route, request: Any, streamed: bool) -> None:
         """Credentials limited to resources reach only RPCs that act on one of them."""
         who = current_principal.get()
         if who is None or not who.resources:
             return
-        rpc = method.rsplit("/", 1)[-1]
-        resource = self.resources.get(method)
-        if resource is None or streamed:
+        if route.resource is None or streamed:
             raise errors.PermissionDenied(
                 f"these credentials are limited to {', '.join(who.resources)[:200]}; "
-                f"{rpc} does not act on one resource"
+                f"{route.short} does not act on one resource"
             )
-        name = resource.of(request)
+        name = route.resource.of(request)
         if not who.reaches(name):
             raise errors.PermissionDenied(
                 f"these credentials are limited to {', '.join(who.resources)[:200]}; "
-                f"{rpc} asks for {name[:200]}"
+                f"{route.short} asks for {name[:200]}"
             )
 
     def _to_status(self, exc: BaseException, method: str) -> grpc.Status:
@@ -302,18 +358,25 @@ class Interceptor(grpc.aio.ServerInterceptor):
             status = _status(errors.ServiceError(f"internal error (request id {request_id.get()})"))
         return status
 
-    def _done(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        short = method.rsplit("/", 1)[-1]
+    def _done(self, route: _Route, code: grpc.StatusCode, started: float) -> None:
         elapsed = time.perf_counter() - started
-        REQUESTS.labels(self.service, short, code.name).inc()
-        LATENCY.labels(self.service, short).observe(elapsed)
+        counted = route.counted.get(code)
+        if counted is None:
+            counted = route.counted[code] = REQUESTS.labels(self.service, route.short, code.name)
+        counted.inc()
+        route.latency.observe(elapsed)
         if code is not grpc.StatusCode.OK:
-            ERRORS.labels(self.service, short, code.name).inc()
-        if method not in ALWAYS_PUBLIC:
+            ERRORS.labels(self.service, route.short, code.name).inc()
+        # The record is built only when someone reads it.
+        if route.logged and log.isEnabledFor(logging.INFO):
             log.info(
                 "rpc",
                 extra={
-                    "fields": {"method": method, "code": code.name, "ms": round(elapsed * 1e3, 2)}
+                    "fields": {
+                        "method": route.method,
+                        "code": code.name,
+                        "ms": round(elapsed * 1e3, 2),
+                    }
                 },
             )
 
@@ -321,20 +384,17 @@ class Interceptor(grpc.aio.ServerInterceptor):
         self,
         behavior: Callable[..., Awaitable[Any]],
         method: str,
-        meta: dict[str, Any],
         streamed: bool = False,
     ) -> Callable[..., Awaitable[Any]]:
-        in_flight = IN_FLIGHT.labels(self.service, method.rsplit("/", 1)[-1])
-        ours = method.startswith(CHECKED)
-
         async def call(request: Any, context: Any) -> Any:
             started = time.perf_counter()
+            route = self._route(method)
             code = grpc.StatusCode.OK
-            in_flight.inc()
+            route.in_flight.inc()
             try:
-                await self._enter(method, meta, context)
-                request, _held = _checked(request, streamed, ours)  # held until the handler is done
-                self._within_resources(method, request, streamed)
+                await self._enter(route, context)
+                request, _held = _checked(request, streamed, route.ours)  # held for the handler
+                self._within_resources(route, request, streamed)
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 code = _code(context, grpc.StatusCode.CANCELLED)
@@ -344,8 +404,8 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                in_flight.dec()
-                self._done(method, code, started)
+                route.in_flight.dec()
+                self._done(route, code, started)
 
         return call
 
@@ -353,20 +413,17 @@ class Interceptor(grpc.aio.ServerInterceptor):
         self,
         behavior: Callable[..., AsyncIterator[Any]],
         method: str,
-        meta: dict[str, Any],
         streamed: bool = False,
     ) -> Callable[..., AsyncIterator[Any]]:
-        in_flight = IN_FLIGHT.labels(self.service, method.rsplit("/", 1)[-1])
-        ours = method.startswith(CHECKED)
-
         async def call(request: Any, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            route = self._route(method)
             code = grpc.StatusCode.OK
-            in_flight.inc()
+            route.in_flight.inc()
             try:
-                await self._enter(method, meta, context)
-                request, _held = _checked(request, streamed, ours)  # held until the handler is done
-                self._within_resources(method, request, streamed)
+                await self._enter(route, context)
+                request, _held = _checked(request, streamed, route.ours)  # held for the handler
+                self._within_resources(route, request, streamed)
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -377,10 +434,44 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = status.code
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
-                in_flight.dec()
-                self._done(method, code, started)
+                route.in_flight.dec()
+                self._done(route, code, started)
 
         return call
+
+
+class _GuardedHandlers(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come out wrapped by the interceptor."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, interceptor: Interceptor) -> None:
+        self.inner = inner
+        self.interceptor = interceptor
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self.interceptor.wrap(details.method, self.inner.service(details))
+
+
+class GuardedServer:
+    """A grpc.aio server as the generated `add_*Servicer_to_server` functions (and health's,
+    reflection's) see it: every handler they register goes in wrapped by `interceptor`, once.
+    A grpc.aio server interceptor instead runs a coroutine of its own on every call."""
+
+    def __init__(self, server: grpc.aio.Server, interceptor: Interceptor) -> None:
+        self.server = server
+        self.interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_GuardedHandlers(h, self.interceptor) for h in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrap = self.interceptor.wrap
+        self.server.add_registered_method_handlers(
+            service, {name: wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
 
 
 class Undecodable:
@@ -447,6 +538,7 @@ def _code(context: Any, default: grpc.StatusCode) -> grpc.StatusCode:
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "GuardedServer",
     "Interceptor",
     "code_pb2",
     "current_principal",

@@ -8,17 +8,18 @@ import contextlib
 import gc
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from . import logs, pagination
-from .interceptors import CredentialCheck, Interceptor
+from .interceptors import CredentialCheck, GuardedServer, Interceptor
 from .internal_token import Verifier
 from .roles import service_resources
 from .settings import Settings, SettingsError, load
@@ -44,6 +45,11 @@ class ServiceSpec:
     # Checks API keys and API tokens sent straight to the server: only the authz service has
     # one. Every other service trusts nothing but the internal token.
     credentials: CredentialCheck | None = None
+    # Loads, once after the health service first says SERVING, what a first call would otherwise
+    # pay for (imports, parsers, statement compilation, a plot's fonts), so that call costs
+    # what later ones do. In the background: SERVING never waits for it, and its errors are
+    # logged, not raised (a later call then pays the cost itself).
+    warmup: Callable[[], Awaitable[None]] | None = None
 
 
 def dependency_checks(engine: Any, redis_url: str) -> list[Callable[[], Awaitable[bool]]]:
@@ -61,8 +67,14 @@ def dependency_checks(engine: Any, redis_url: str) -> list[Callable[[], Awaitabl
 
 
 async def _watch_health(
-    spec: ServiceSpec, servicer: Any, names: list[str], every: float = 2.0
+    spec: ServiceSpec,
+    servicer: Any,
+    names: list[str],
+    every: float = 2.0,
+    serving: asyncio.Event | None = None,
 ) -> None:
+    """Keep the health service's status in step with the dependencies; `serving` is set
+    once SERVING is out."""
     status = None
     while True:
         ok = all(await asyncio.gather(*(check() for check in spec.health_checks)))
@@ -77,7 +89,27 @@ async def _watch_health(
             if status is not None:
                 log.warning("health changed", extra={"fields": {"serving": ok}})
             status = new
+        if ok and serving is not None:
+            serving.set()
         await asyncio.sleep(every)
+
+
+async def _warm(spec: ServiceSpec, serving: asyncio.Event) -> None:
+    """Run the service's warm-up once health first says SERVING (never in its way, and with
+    the dependencies it reads up); log its duration, or its error without raising it."""
+    if spec.warmup is None:
+        return
+    await serving.wait()
+    started = time.perf_counter()
+    try:
+        await spec.warmup()
+    except Exception:
+        log.exception("warm-up failed")
+        return
+    # What the warm-up loaded lives as long as the process, as what main() froze did.
+    gc.freeze()
+    took = round(time.perf_counter() - started, 3)
+    log.info("warm-up done", extra={"fields": {"seconds": took}})
 
 
 def interceptor(spec: ServiceSpec, settings: Settings) -> Interceptor:
@@ -122,24 +154,30 @@ async def serve(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(
-        interceptors=[interceptor(spec, settings)],
-        options=options,
-    )
+    server = grpc.aio.server(options=options)
+    # Every handler goes in wrapped by the interceptor, once, here: as a grpc.aio server
+    # interceptor it would run a coroutine of its own on every call.
+    guarded = GuardedServer(server, interceptor(spec, settings))
     names = []
     for add, servicer, name in spec.servicers:
-        add(servicer, server)
+        add(servicer, guarded)
         names.append(name)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        sorted({*names, *spec.reflected, health.SERVICE_NAME, reflection.SERVICE_NAME}), server
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guarded)
+    # What reflection.enable_server_reflection does for a grpc.aio server, on `guarded`.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            sorted({*names, *spec.reflected, health.SERVICE_NAME, reflection.SERVICE_NAME})
+        ),
+        guarded,
     )
     port = server.add_insecure_port(settings.address)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
     await server.start()
-    watcher = asyncio.create_task(_watch_health(spec, health_servicer, names))
+    serving = asyncio.Event()
+    watcher = asyncio.create_task(_watch_health(spec, health_servicer, names, serving=serving))
+    warming = asyncio.create_task(_warm(spec, serving))
     log.info(
         "serving",
         extra={
@@ -159,6 +197,7 @@ async def serve(
     )
     await health_servicer.enter_graceful_shutdown()
     watcher.cancel()
+    warming.cancel()  # a thread it started finishes on its own; asyncio.run waits for it
     await server.stop(settings.grace_seconds)
     log.info("stopped")
 

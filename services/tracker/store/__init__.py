@@ -7,6 +7,7 @@ admin (sees everything). Another owner's experiment or run is NOT_FOUND, never r
 from __future__ import annotations
 
 from service_kit import db
+from service_kit.keyed_reads import KeyedReads
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..points import for_url
@@ -30,7 +31,7 @@ class TrackerStore:
         self.points = for_url(engine.url)
         owner_of: dict[str, str] = {}
         self.experiments = Experiments(sessions, owner_of)
-        self.runs = Runs(sessions, self.experiments, owner_of)
+        self.runs = Runs(sessions, self.experiments, owner_of, KeyedReads(engine))
         self.params = Params(sessions, self.runs)
         self.tags = Tags(sessions, self.runs)
         self.metrics = Metrics(self.points, self.runs)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service_kit import db, owners
 from service_kit.errors import FieldViolation, InvalidArgument, NotFound, shown
-from sqlalchemy import func, insert, select, update
+from service_kit.keyed_reads import KeyedReads
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..tables import latest_metrics, params, runs, tags
@@ -21,6 +22,25 @@ from .metrics import Point
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 MAX_OWNERS = 100_000  # run owners cached; the cache starts over past this many
 
+# A run by id. Built once, as the details' statements: see service_kit.keyed_reads.
+BY_ID = select(runs).where(runs.c.id == bindparam("id"))
+
+
+def _details_of(match: Callable[[Any], Any]) -> tuple[Any, Any, Any]:
+    """The statements reading params, tags and latest metrics of the runs `match` selects
+    (given each table's run_id column)."""
+    return (
+        select(params).where(match(params.c.run_id)),
+        select(tags).where(match(tags.c.run_id)),
+        select(latest_metrics).where(match(latest_metrics.c.run_id)).order_by(latest_metrics.c.key),
+    )
+
+
+# Of one run, and of several: an IN list costs SQLAlchemy more per call (its values are
+# spliced into the SQL each time).
+DETAILS_OF_ONE = _details_of(lambda run_id: run_id == bindparam("id"))
+DETAILS_OF_MANY = _details_of(lambda run_id: run_id.in_(bindparam("ids", expanding=True)))
+
 
 class Runs:
     def __init__(
@@ -28,10 +48,14 @@ class Runs:
         sessions: async_sessionmaker[AsyncSession],
         experiments: Experiments,
         owner_of: dict[str, str],
+        reads: KeyedReads | None = None,
     ) -> None:
         self.sessions = sessions
         self.experiments = experiments
         self.owner_of = owner_of
+        # The engine's reader for the keyed reads; None: through `sessions` (a rehearsal's,
+        # whose rows only its own connection sees).
+        self.reads = reads
 
     async def create(
         self, exp_id: str, owner: str, name: str, job_id: str = "", start: dt.datetime | None = None
@@ -54,12 +78,22 @@ class Runs:
             )
         return await self.get(run_id, owner)
 
-    async def get(self, run_id: str, owner: str | None) -> Any:
+    async def _all(self, *queries: tuple[Any, dict[str, Any]]) -> list[Sequence[Row[Any]]]:
+        if self.reads is not None:
+            return await self.reads.all(*queries)
         async with self.sessions() as s:
-            row = (await s.execute(select(runs).where(runs.c.id == run_id))).first()
-        if row is None or not owners.visible(row.owner, owner):
-            raise NotFound(f"no run {shown(run_id)}")
-        return row
+            return [(await s.execute(q, p)).all() for q, p in queries]
+
+    async def get(self, run_id: str, owner: str | None) -> Any:
+        (found,) = await self._all((BY_ID, {"id": run_id}))
+        return _visible(found, run_id, owner)
+
+    async def read(self, run_id: str, owner: str | None) -> tuple[Any, dict[str, Any]]:
+        """The run and its details (GetRun's answer), read together."""
+        key = {"id": run_id}
+        found, *details = await self._all((BY_ID, key), *((q, key) for q in DETAILS_OF_ONE))
+        row = _visible(found, run_id, owner)
+        return row, _details([run_id], *details)[run_id]
 
     async def check(self, run_id: str, owner: str | None) -> None:
         """The run exists and `owner` may write to it. A run's owner never changes, so the
@@ -94,23 +128,12 @@ class Runs:
 
     async def details(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """params, tags and latest metrics of each run, in three queries."""
-        out: dict[str, dict[str, Any]] = {
-            r: {"params": {}, "tags": {}, "latest": []} for r in run_ids
-        }
         if not run_ids:
-            return out
-        async with self.sessions() as s:
-            for row in await s.execute(select(params).where(params.c.run_id.in_(run_ids))):
-                out[row.run_id]["params"][row.key] = row.value
-            for row in await s.execute(select(tags).where(tags.c.run_id.in_(run_ids))):
-                out[row.run_id]["tags"][row.key] = row.value
-            for row in await s.execute(
-                select(latest_metrics)
-                .where(latest_metrics.c.run_id.in_(run_ids))
-                .order_by(latest_metrics.c.key)
-            ):
-                out[row.run_id]["latest"].append(Point(row.key, row.value, row.step, row.timestamp))
-        return out
+            return {}
+        one = len(run_ids) == 1
+        key = {"id": run_ids[0]} if one else {"ids": list(run_ids)}
+        found = await self._all(*((q, key) for q in (DETAILS_OF_ONE if one else DETAILS_OF_MANY)))
+        return _details(run_ids, *found)
 
     async def counts(self, exp_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Runs per experiment by status."""
@@ -130,3 +153,25 @@ class Runs:
             return list(
                 (await s.execute(select(runs).where(runs.c.experiment_id.in_(list(exp_ids))))).all()
             )
+
+
+def _visible(found: Sequence[Row[Any]], run_id: str, owner: str | None) -> Any:
+    if not found or not owners.visible(found[0].owner, owner):
+        raise NotFound(f"no run {shown(run_id)}")
+    return found[0]
+
+
+def _details(
+    run_ids: Sequence[str],
+    param_rows: Sequence[Row[Any]],
+    tag_rows: Sequence[Row[Any]],
+    latest_rows: Sequence[Row[Any]],
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {r: {"params": {}, "tags": {}, "latest": []} for r in run_ids}
+    for row in param_rows:
+        out[row.run_id]["params"][row.key] = row.value
+    for row in tag_rows:
+        out[row.run_id]["tags"][row.key] = row.value
+    for row in latest_rows:
+        out[row.run_id]["latest"].append(Point(row.key, row.value, row.step, row.timestamp))
+    return out
