@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 from inference import grpc_predict_v2_pb2 as oip
 from inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from neural.v1 import common_pb2, deployer_pb2, deployer_pb2_grpc
@@ -28,6 +27,7 @@ from service_kit import job_messages as convert_jobs
 from service_kit.interceptors import forwarded_credentials, principal
 from service_kit.jobs import JobRecord, JobStore
 from service_kit.lifecycle import Lifecycle
+from service_kit.redis_clients import async_client
 from service_kit.roles import service_roles
 from service_kit.settings import _int as env_int
 from service_kit.streams import StreamCap
@@ -75,7 +75,7 @@ class DeployerService(deployer_pb2_grpc.DeployerServiceServicer):
         self.watches = StreamCap(max_watches_per_principal)
         # the longest a prediction waits for a deployment scaled to zero to have a replica
         self.cold_start_s = env_int("NEURAL_DEPLOYER_COLD_START_S", 60, 1, 3600)
-        self.redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = async_client(redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.channels: dict[int, grpc.aio.Channel] = {}
         self.replica_host = replica_host()  # the controller's replicas, by DNS name
         # (deployment id, version) -> the model's inputs as (name, OIP datatype)

@@ -9,13 +9,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
 from google.protobuf import empty_pb2, timestamp_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 from service_kit import errors, owners, pagination, request_checks
 from service_kit.fanout import Fanout
 from service_kit.http_bodies import content_disposition, http_bodies
 from service_kit.interceptors import principal
+from service_kit.redis_clients import async_client
 from service_kit.roles import service_roles
 from service_kit.streams import StreamCap
 
@@ -111,7 +111,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
     ) -> None:
         self.store = store
         self.artifacts = artifacts
-        self.redis = aioredis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.redis = async_client(redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.events = RunEvents(self.redis)
         self.fanout = Fanout(self.redis)
         self.watches = StreamCap(max_watches_per_principal)

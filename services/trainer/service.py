@@ -23,6 +23,7 @@ from service_kit import errors, job_messages, owners, pagination, request_checks
 from service_kit.heartbeat import list_workers
 from service_kit.interceptors import forwarded_credentials, principal
 from service_kit.jobs import JobRecord, JobStore
+from service_kit.redis_clients import async_client
 from service_kit.roles import service_roles
 from service_kit.streams import StreamCap
 from service_kit.tasks import Sendable
@@ -73,7 +74,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServiceServicer):
         self.limits = limits
         self.actors = actors
         self.compiler_address = compiler_address
-        self.redis = aioredis.from_url(
+        self.redis = async_client(
             redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=1
         )
         self.validate_webhooks = validate_webhooks

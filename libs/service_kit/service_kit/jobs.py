@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from . import db, owners, pagination
 from .errors import FailedPrecondition, NotFound, Unavailable, shown
 from .fanout import Fanout
+from .redis_clients import async_client
 from .tasks import Sendable
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
@@ -213,7 +214,7 @@ class JobStore:
         if self._redis is None:
             # health checks (a PING before reusing a connection idle for over a second)
             # keep a Redis restart from handing out dead pooled connections
-            self._redis = aioredis.from_url(
+            self._redis = async_client(
                 self.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=1
             )
         return self._redis

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import redis.asyncio as aioredis
+from service_kit.redis_clients import async_client
 
 from .. import load
 from ..models import remove_files
@@ -93,7 +94,7 @@ class Controller:
         self.stopping: set[asyncio.Task] = set()
         # version id -> (restarts in a row, monotonic time before which none starts)
         self.backoff: dict[str, tuple[int, float]] = {}
-        self.redis = aioredis.from_url(redis_url, socket_timeout=1) if redis_url else None
+        self.redis = async_client(redis_url, socket_timeout=1) if redis_url else None
         self.autoscaler = autoscaler or Autoscaler()
         self.envoy_admin_url = envoy_admin_url
         self.beat = 0.0  # monotonic time of the last heartbeat
@@ -436,7 +437,6 @@ class Controller:
 
 async def listen(redis_url: str, channel: str, nudged: asyncio.Event) -> None:
     """Set `nudged` on each message on `channel`; reconnects, since the loop polls anyway."""
-    import redis.asyncio as aioredis
 
     while True:
         client = aioredis.from_url(redis_url, socket_connect_timeout=2)
