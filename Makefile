@@ -93,7 +93,6 @@ bench: setup
 	$(PY) bench/tracker_ingest.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/predict.py
-	$(PY) bench/job_latency.py
 	$(PY) bench/first_call.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
