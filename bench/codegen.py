@@ -2,8 +2,9 @@
 
 For every corpus program that checks: parse + validate + shapes (the baseline), PyTorch and
 TensorFlow code generation, each as a median over N rounds, and the ONNX export (a real
-torch.onnx export plus onnx.checker, fewer rounds). Prints per-backend medians and the
-ratio codegen / parse, all measured in this run.
+torch.onnx export plus onnx.checker, fewer rounds), next to the direct IR -> ONNX lowering
+(`onnx_backend.to_onnx`, serialised and checked the same way). Prints per-backend medians
+and the ratio codegen / parse, all measured in this run.
 
     .venv/bin/python bench/codegen.py [--rounds N] [--onnx-rounds M]
 """
@@ -15,13 +16,18 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import onnx
 from neural_dsl import DSLError, check
 from neural_dsl.backends import compile_network
+from neural_dsl.backends.onnx_backend import to_onnx
 from neural_dsl.hparams import first_values
+from neural_dsl.ir import Network
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +39,13 @@ def median_time(fn: object, rounds: int) -> float:
         fn()  # type: ignore[operator]
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
+
+
+def direct_onnx(network: Network, hparams: Mapping[str, Any]) -> bytes:
+    """What an ONNX compile does on the direct path: lower, check (full), serialise."""
+    model = to_onnx(network, hparams=hparams)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
 
 
 def main() -> None:
@@ -51,7 +64,13 @@ def main() -> None:
             continue
         programs[path.name] = (text, network, first_values(network))
 
-    per: dict[str, dict[str, float]] = {"parse": {}, "pytorch": {}, "tensorflow": {}, "onnx": {}}
+    per: dict[str, dict[str, float]] = {
+        "parse": {},
+        "pytorch": {},
+        "tensorflow": {},
+        "onnx": {},
+        "onnx-direct": {},
+    }
     compile_network(next(iter(programs.values()))[1], "onnx", next(iter(programs.values()))[2])
     for name, (text, network, hp) in programs.items():
         per["parse"][name] = median_time(lambda t=text: check(t), args.rounds)
@@ -62,20 +81,33 @@ def main() -> None:
         per["onnx"][name] = median_time(
             lambda n=network, h=hp: compile_network(n, "onnx", h), args.onnx_rounds
         )
+        per["onnx-direct"][name] = median_time(
+            lambda n=network, h=hp: direct_onnx(n, h), args.rounds
+        )
 
     print(f"{len(programs)} corpus programs that check; medians per file")
-    print(f"{'file':52s} {'parse':>9s} {'pytorch':>9s} {'tensorflow':>11s} {'onnx':>9s}")
+    print(
+        f"{'file':52s} {'parse':>9s} {'pytorch':>9s} {'tensorflow':>11s} {'onnx':>9s}"
+        f" {'onnx-direct':>12s}"
+    )
     for name in programs:
-        row = [per[k][name] * 1e3 for k in ("parse", "pytorch", "tensorflow", "onnx")]
-        print(f"{name[:52]:52s} {row[0]:8.2f}m {row[1]:8.2f}m {row[2]:10.2f}m {row[3]:8.0f}m")
+        row = [
+            per[k][name] * 1e3 for k in ("parse", "pytorch", "tensorflow", "onnx", "onnx-direct")
+        ]
+        print(
+            f"{name[:52]:52s} {row[0]:8.2f}m {row[1]:8.2f}m {row[2]:10.2f}m {row[3]:8.0f}m"
+            f" {row[4]:11.2f}m"
+        )
     base = statistics.median(per["parse"].values())
-    for backend in ("pytorch", "tensorflow", "onnx"):
+    for backend in ("pytorch", "tensorflow", "onnx", "onnx-direct"):
         med = statistics.median(per[backend].values())
         ratio = statistics.median(per[backend][n] / per["parse"][n] for n in programs)
         print(
             f"{backend:10s} median {med * 1e3:9.2f} ms per file; codegen/parse ratio {ratio:7.1f}x"
             f" (parse median {base * 1e3:.2f} ms)"
         )
+    speedup = statistics.median(per["onnx"][n] / per["onnx-direct"][n] for n in programs)
+    print(f"onnx export / direct lowering: median ratio {speedup:.1f}x")
 
 
 if __name__ == "__main__":
