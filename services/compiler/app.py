@@ -41,13 +41,12 @@ class App:
     spec: ServiceSpec
 
     async def close(self) -> None:
-        self.exports.close()
         await self.engine.dispose()
 
 
 def _warm_dsl(limits: Limits) -> None:
     check(WARMUP_SOURCE, limits)
-    for backend in ("pytorch", "tensorflow"):  # ONNX exports run in the export process
+    for backend in ("pytorch", "tensorflow", "onnx"):
         req = CompileInput(NOBODY, WARMUP_SOURCE, backend, {}, "", "")
         check_request(req, limits)
         compile_artifact(req, limits)

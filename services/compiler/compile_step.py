@@ -1,7 +1,6 @@
-"""The compile step: a program and a backend in, one artifact out. Shared by Compile, the
-compile worker and the export process (`exports.py`). ONNX exports in one process run one at
-a time (`neural_dsl.backends.export_onnx` holds a lock): a worker running two messages on two
-threads exports them in turn.
+"""The compile step: a program and a backend in, one artifact out. Shared by Compile (ONNX
+through `exports.py`) and the compile worker. ONNX is lowered straight from the IR
+(`neural_dsl.backends.export_onnx`: no torch, thread-safe).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 
 from neural_dsl import Limits, parse
 from neural_dsl.backends import compile_network, prepare
-from neural_dsl.diagnostics import Diagnostic, DSLError
 from neural_dsl.ir import Network, Program, program_to_json
 from service_kit.errors import FieldViolation, InvalidArgument
 
@@ -49,7 +47,7 @@ class Artifact:
 
 
 def compile_artifact(req: CompileInput, limits: Limits) -> Artifact:
-    """The CPU-bound part (run in a thread, the export process or a worker).
+    """The CPU-bound part (run in a thread or a worker).
 
     Raises DSLError for a bad program (the parameter limit included) and InvalidArgument for
     a wrong network name or an ONNX file over `limits.max_onnx_bytes`."""
@@ -74,35 +72,6 @@ def compile_artifact(req: CompileInput, limits: Limits) -> Artifact:
         network.name,
         result.warnings,
     )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What crosses back from the export process: exceptions whose constructors take more
-    than a message (DSLError, InvalidArgument) do not survive pickling, so they travel as
-    values and are raised again on the caller's side."""
-
-    artifact: Artifact | None = None
-    diagnostics: tuple[Diagnostic, ...] = ()
-    invalid: tuple[str, tuple[FieldViolation, ...]] | None = None
-
-    def unwrap(self) -> Artifact:
-        if self.diagnostics:
-            raise DSLError(list(self.diagnostics))
-        if self.invalid is not None:
-            raise InvalidArgument(self.invalid[0], list(self.invalid[1]))
-        assert self.artifact is not None
-        return self.artifact
-
-
-def compile_outcome(req: CompileInput, limits: Limits) -> Outcome:
-    """compile_artifact with its caller errors as values, for a call in another process."""
-    try:
-        return Outcome(artifact=compile_artifact(req, limits))
-    except DSLError as exc:
-        return Outcome(diagnostics=tuple(exc.diagnostics))
-    except InvalidArgument as exc:
-        return Outcome(invalid=(exc.message, tuple(exc.violations)))
 
 
 def check_request(req: CompileInput, limits: Limits) -> None:

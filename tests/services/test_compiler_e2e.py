@@ -45,6 +45,15 @@ network MNIST {
 }
 """
 HP = {"layers.dense_1.units": 32}
+WIDE = """
+network Wide {
+  input: (4096,)
+  layers:
+    Dense(8192, "relu")
+    Output(10, "softmax")
+  loss: sparse_categorical_crossentropy
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -505,12 +514,11 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
         keys={"admin": ("admin-key", "admin")},
         flush=False,
     ) as own:
+        # an ONNX compile of 34M parameters: a second or more of building and serialising
+        # its weights, long enough to be seen in flight
         future = stub(own).Compile.future(
             compiler_pb2.CompileRequest(
-                source=MNIST,
-                backend=compiler_pb2.BACKEND_ONNX,
-                hparams=hparams({"layers.dense_1.units": 64}),
-                name="in-flight",
+                source=WIDE, backend=compiler_pb2.BACKEND_ONNX, name="in-flight"
             ),
             metadata=auth(own, "admin"),
             timeout=120,

@@ -152,9 +152,23 @@ def example_inputs(network: Network, batch: int = 2, seed: int = 0) -> list[Any]
 
 
 def export_onnx(network: Network, report: ShapeReport, model: Any = None) -> bytes:
-    """The PyTorch model of the network (a fresh one, or `model` with its weights), exported
-    to ONNX with a dynamic batch dimension and checked with onnx.checker (full_check).
-    Thread-safe: exports in one process run one at a time."""
+    """The network as an ONNX model, lowered straight from the IR (onnx_backend: no torch
+    import, no tracing, thread-safe), with fresh weights or `model`'s (a live torch.nn.Module
+    of the same network, e.g. a trained one), a dynamic batch dimension, checked with
+    onnx.checker (full_check)."""
+    import onnx
+
+    from . import onnx_backend
+
+    weights = onnx_backend.torch_state_dict(model) if model is not None else None
+    proto = onnx_backend.lower(network, report, weights, opset=ONNX_OPSET)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def export_onnx_torch(network: Network, report: ShapeReport, model: Any = None) -> bytes:
+    """The same through PyTorch's dynamo exporter: the cross-check the tests compare the
+    direct lowering with, never the product path. Exports in one process run one at a time."""
     with _EXPORT:
         return _export_onnx(network, report, model)
 
@@ -202,6 +216,7 @@ __all__ = [
     "compile_network",
     "example_inputs",
     "export_onnx",
+    "export_onnx_torch",
     "support_matrix",
     "supports",
 ]
