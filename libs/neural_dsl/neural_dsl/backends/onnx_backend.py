@@ -216,6 +216,26 @@ def _reshape(g: _Graph, key: str, x: str, shape: Shape, target: tuple) -> Lowere
     return g.op("Reshape", [x, g.ints([0, *target])]), tuple(target)
 
 
+def _conv_inputs(
+    g: _Graph,
+    key: str,
+    x: str,
+    rank: int,
+    kernel_shape: tuple,
+    filters: int,
+    bias: bool,
+    bound: float,
+) -> list[str]:
+    """A convolution's inputs: `x` channels-first, its kernel and (with `bias`) one bias per
+    output filter, named and initialised as torch's conv module (uniform in +-bound)."""
+    w = g.weight(f"{key}.conv.weight", kernel_shape, _uniform(bound))
+    ins = [g.to_channels_first(x, rank), g.param(f"{key}.conv.weight", w)]
+    if bias:
+        b = g.weight(f"{key}.conv.bias", (filters,), _uniform(bound))
+        ins.append(g.param(f"{key}.conv.bias", b))
+    return ins
+
+
 def _conv(
     g: _Graph,
     key: str,
@@ -241,12 +261,7 @@ def _conv(
         pads = [0] * (2 * rank)
     fan_in = c_in // groups * math.prod(kernel)
     bound = 1 / math.sqrt(fan_in)
-    w = g.weight(f"{key}.conv.weight", (filters, c_in // groups, *kernel), _uniform(bound))
-    ins = [g.to_channels_first(x, rank), g.param(f"{key}.conv.weight", w)]
-    if bias:
-        ins.append(
-            g.param(f"{key}.conv.bias", g.weight(f"{key}.conv.bias", (filters,), _uniform(bound)))
-        )
+    ins = _conv_inputs(g, key, x, rank, (filters, c_in // groups, *kernel), filters, bias, bound)
     y = g.op(
         "Conv",
         ins,
@@ -318,12 +333,7 @@ def _conv_transpose(
     ]
     # torch's ConvTranspose init: fan_in is computed from weight dim 1 (out channels)
     bound = 1 / math.sqrt(filters * math.prod(kernel))
-    w = g.weight(f"{key}.conv.weight", (c_in, filters, *kernel), _uniform(bound))
-    ins = [g.to_channels_first(x, 2), g.param(f"{key}.conv.weight", w)]
-    if bias:
-        ins.append(
-            g.param(f"{key}.conv.bias", g.weight(f"{key}.conv.bias", (filters,), _uniform(bound)))
-        )
+    ins = _conv_inputs(g, key, x, 2, (c_in, filters, *kernel), filters, bias, bound)
     y = g.op(
         "ConvTranspose",
         ins,
