@@ -52,7 +52,18 @@ async def db_url(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[str]
         await drop_pg_database(name)
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, never the same one twice in a test process: once the
+    probe socket is closed the kernel may hand the same port to the next probe, and two
+    servers of one stack were given one port (the second failed to bind while the first
+    answered its health checks)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
