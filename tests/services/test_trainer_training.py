@@ -218,7 +218,7 @@ def test_a_failed_onnx_export_keeps_the_weights_and_says_why(
     def broken(*_: object) -> bytes:
         raise RuntimeError("no exporter today")
 
-    monkeypatch.setattr(neural_dsl.backends, "export_onnx", broken)
+    monkeypatch.setattr(neural_dsl.backends, "lower_onnx", broken)
     out = train(NETWORK, {}, small, spec(epochs=1), tmp_path, Recorder())
     assert out.onnx_path is None
     assert any("no exporter today" in note for note in out.notes)

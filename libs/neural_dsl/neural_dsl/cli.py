@@ -167,15 +167,18 @@ def _compile(args: argparse.Namespace, source: str) -> int:
         )
         return 2
     result = compile_network(network, args.backend, hparams)
+    # An ONNX model is streamed out, its weights never copied (see onnx_backend.Lowering).
     if output == "-":
-        if result.onnx is not None:
-            sys.stdout.buffer.write(result.onnx)
+        if result.lowered is not None:
+            result.lowered.write(sys.stdout.buffer)
         else:
             sys.stdout.write(result.source or "")
+    elif result.lowered is not None:
+        with open(output, "wb") as f:
+            result.lowered.write(f)
     else:
-        mode, data = ("wb", result.onnx) if result.onnx is not None else ("w", result.source)
-        with open(output, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)  # type: ignore[arg-type]
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(result.source or "")
     for note in result.warnings:
         print(f"{args.file}: warning: {note}", file=sys.stderr)
     total = result.shapes.total_params

@@ -95,7 +95,8 @@ class Engine(Protocol):
     def save(self, path: Path, meta: dict[str, Any]) -> None: ...
     def load(self, path: Path, fingerprint: str) -> dict[str, Any] | None: ...
     def save_weights(self, path: Path) -> None: ...
-    def export_onnx(self) -> bytes | None: ...
+    def export_onnx(self, path: Path) -> None:
+        """Write the trained model to `path` as ONNX (streamed: see onnx_backend.Lowering)."""
 
 
 def train(
@@ -141,15 +142,12 @@ def train(
     onnx_path = None
     if onnx:
         try:
-            blob = engine.export_onnx()
+            with atomic(workdir / "model.onnx") as tmp:
+                engine.export_onnx(tmp)
+            onnx_path = workdir / "model.onnx"
         except Exception as exc:  # the trained weights stand; the job says what is missing
             log.warning("ONNX export failed", exc_info=True)
             notes.append(f"the ONNX export failed ({type(exc).__name__}: {exc}); weights are kept")
-            blob = None
-        if blob is not None:
-            onnx_path = workdir / "model.onnx"
-            with atomic(onnx_path) as tmp:
-                tmp.write_bytes(blob)
     return TrainOutcome(history, resumed_from, engine.device, weights, onnx_path, notes)
 
 

@@ -165,12 +165,15 @@ class TorchEngine:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         self.torch.save(state, path)
 
-    def export_onnx(self) -> bytes | None:
-        from neural_dsl.backends import export_onnx
+    def export_onnx(self, path: Path) -> None:
+        from neural_dsl.backends import lower_onnx
+        from neural_dsl.backends.onnx_backend import torch_state_dict
 
         model = self.model if self.placed else self.model.to("cpu")
         try:
-            return export_onnx(self.network, self.report, model)
+            lowered = lower_onnx(self.network, self.report, torch_state_dict(model))
+            with open(path, "wb") as f:
+                lowered.write(f)
         finally:
             if not self.placed:
                 self.model.to(self.dev)

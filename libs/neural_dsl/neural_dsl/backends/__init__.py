@@ -10,6 +10,7 @@ Frameworks are imported only here, and only by the backend that needs them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import threading
@@ -57,8 +58,14 @@ class Compiled:
     network: Network  # with every HPO value fixed
     shapes: ShapeReport
     source: str | None = None  # pytorch / tensorflow
-    onnx: bytes | None = None
+    lowered: Any = None  # onnx: an onnx_backend.Lowering (write() streams it to a file)
     warnings: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def onnx(self) -> bytes | None:
+        """The ONNX model's bytes (serialized on first use: a caller writing a file streams
+        `lowered` there instead, without a copy of the weights)."""
+        return None if self.lowered is None else self.lowered.serialize()
 
 
 def prepare(
@@ -109,13 +116,13 @@ def compile_network(
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = export_onnx(network, report)
+        lowered = lower_onnx(network, report)
     return Compiled(
         backend,
         network,
         report,
         None,
-        data,
+        lowered,
         notes + [str(w.message) for w in caught if "device" in str(w.message)],
     )
 
@@ -151,19 +158,28 @@ def example_inputs(network: Network, batch: int = 2, seed: int = 0) -> list[Any]
     return out
 
 
-def export_onnx(network: Network, report: ShapeReport, model: Any = None) -> bytes:
-    """The network as an ONNX model, lowered straight from the IR (onnx_backend: no torch
-    import, no tracing, thread-safe), with fresh weights or `model`'s (a live torch.nn.Module
-    of the same network, e.g. a trained one), a dynamic batch dimension, checked with
-    onnx.checker (full_check)."""
-    import onnx
+def lower_onnx(
+    network: Network, report: ShapeReport, weights: Mapping[str, Any] | None = None
+) -> Any:
+    """The network lowered straight from the IR (onnx_backend: no torch import, no tracing,
+    thread-safe) and checked with onnx.checker (full_check): an `onnx_backend.Lowering`,
+    whose `write` streams the model to a file and `serialize` returns its bytes. `weights`
+    is a torch state_dict as numpy arrays (`onnx_backend.torch_state_dict` of a live model,
+    or `keras_weights.state_dict_from_keras`); fresh weights without it."""
+    from . import onnx_backend
 
+    lowered = onnx_backend.build(network, report, weights, opset=ONNX_OPSET)
+    lowered.check()
+    return lowered
+
+
+def export_onnx(network: Network, report: ShapeReport, model: Any = None) -> bytes:
+    """The ONNX model's bytes (see lower_onnx), with fresh weights or those of `model`, a
+    live torch.nn.Module of the same network (e.g. a trained one)."""
     from . import onnx_backend
 
     weights = onnx_backend.torch_state_dict(model) if model is not None else None
-    proto = onnx_backend.lower(network, report, weights, opset=ONNX_OPSET)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+    return lower_onnx(network, report, weights).serialize()
 
 
 def export_onnx_torch(network: Network, report: ShapeReport, model: Any = None) -> bytes:
@@ -216,6 +232,7 @@ __all__ = [
     "compile_network",
     "example_inputs",
     "export_onnx",
+    "lower_onnx",
     "export_onnx_torch",
     "support_matrix",
     "supports",

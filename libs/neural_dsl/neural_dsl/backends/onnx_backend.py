@@ -13,9 +13,10 @@ is "output" (as the torch exporter writes it).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
@@ -29,6 +30,9 @@ from .common import Ctor, first_layer, unsupported
 
 BACKEND = "onnx"
 DEFAULT_OPSET = 18
+_WEIGHT = np.dtype("<f4")  # ONNX raw_data is little-endian
+# A protobuf message cannot be 2 GiB or more; larger ONNX models keep weights in external files.
+MAX_MODEL_BYTES = 2**31 - 1
 Shape = tuple[int | None, ...]  # one example's shape (no batch dimension)
 Lowered = tuple[str, Shape]  # an output tensor's name and its per-example shape
 
@@ -47,16 +51,24 @@ def torch_state_dict(module: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
+# Fresh weights are drawn in float32 and scaled in place: a float64 draw and its conversion
+# would hold three times the weights' memory at once.
 def _uniform(bound: float) -> Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]:
-    return lambda rng, shape: rng.uniform(-bound, bound, shape)
+    def draw(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        a = rng.random(shape, dtype=np.float32)
+        a *= 2 * bound
+        a -= bound
+        return a
+
+    return draw
 
 
 def _fill(value: float) -> Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]:
-    return lambda rng, shape: np.full(shape, value)
+    return lambda rng, shape: np.full(shape, value, np.float32)
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return rng.standard_normal(shape)
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- the graph under construction
@@ -75,7 +87,8 @@ _ACT_OPS = {
 class _Graph:
     def __init__(self, state_dict: Mapping[str, Any] | None, seed: int) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.inits: list[onnx.TensorProto] = []  # constants: shapes, axes, scalars
+        self.params: dict[str, np.ndarray] = {}  # the weights, kept apart (see Lowering.write)
         self.state = state_dict
         self.used: set[str] = set()
         self.rng = np.random.default_rng(seed)
@@ -109,9 +122,10 @@ class _Graph:
         return value
 
     def param(self, key: str, value: np.ndarray) -> str:
-        name = key
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
-        return name
+        if key in self.params:
+            raise ValueError(f"weight {key!r} given twice")
+        self.params[key] = np.ascontiguousarray(value, _WEIGHT)  # a copy only if it must be
+        return key
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> Any:
         outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
@@ -707,15 +721,15 @@ def _check_supported(network: Network) -> None:
             raise UnsupportedLayer(unsupported(layer, BACKEND).diagnostics)
 
 
-def lower(
+def build(
     network: Network,
     report: ShapeReport,
     state_dict: Mapping[str, Any] | None = None,
     *,
     opset: int = DEFAULT_OPSET,
     seed: int = 0,
-) -> onnx.ModelProto:
-    """A network whose HPO values are fixed, with its shape report, as an ONNX model."""
+) -> Lowering:
+    """A network whose HPO values are fixed, with its shape report, lowered: see Lowering."""
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset {opset}: the lowering needs {DEFAULT_OPSET} or newer")
     _check_supported(network)
@@ -779,7 +793,120 @@ def lower(
         producer_name="neural_dsl",
     )
     model.ir_version = min(model.ir_version, 10)  # readable by current onnxruntime releases
-    return model
+    return Lowering(model, g.params)
+
+
+def lower(
+    network: Network,
+    report: ShapeReport,
+    state_dict: Mapping[str, Any] | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """A network whose HPO values are fixed, with its shape report, as an ONNX model."""
+    return build(network, report, state_dict, opset=opset, seed=seed).model()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, length: int) -> bytes:
+    """A length-delimited field's key and length (its wire type is 2)."""
+    return _varint(tag << 3 | 2) + _varint(length)
+
+
+# ModelProto.graph, GraphProto.initializer and TensorProto.raw_data
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9
+
+
+class Lowering:
+    """A lowered network: the model without its weights (`skeleton`: nodes, inputs, outputs,
+    constants) and the weights by name. Weights are most of a model's bytes, so they are
+    never copied into TensorProtos: `write` streams them after the skeleton, and `check`
+    checks the skeleton with each weight declared as a graph input of its shape."""
+
+    def __init__(self, skeleton: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
+        self.skeleton = skeleton
+        self.weights = weights
+
+    def model(self) -> onnx.ModelProto:
+        """The whole model as one ModelProto (weights copied in: for small models and tests)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.skeleton)
+        model.graph.initializer.extend(
+            numpy_helper.from_array(w, name) for name, w in self.weights.items()
+        )
+        return model
+
+    def check(self) -> None:
+        """onnx.checker with full_check (strict shape inference) on the graph. The weights
+        enter as typed graph inputs rather than data: shape inference reads only their
+        shapes, and `write` lays each out from its array, so its byte count is right."""
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.skeleton)
+        probe.graph.input.extend(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, w.shape)
+            for name, w in self.weights.items()
+        )
+        onnx.checker.check_model(probe, full_check=True)
+
+    def _headers(self) -> list[tuple[bytes, np.ndarray]]:
+        """Each weight's TensorProto without its data, serialized, and its array."""
+        return [
+            (
+                onnx.TensorProto(name=name, dims=w.shape, data_type=TensorProto.FLOAT)
+                .SerializeToString(),
+                w,
+            )
+            for name, w in self.weights.items()
+        ]
+
+    def write(self, out: BinaryIO) -> int:
+        """Serialize the model to `out` (bytes a ModelProto parses back as `model()`), each
+        weight's bytes written straight from its array, and return the size. Protobuf lets
+        a message's fields come in any order, and a repeated field's elements gather
+        wherever they appear: the weights go last, as initializers of the graph, behind a
+        length computed up front. Memory: the skeleton, never a copy of the weights."""
+        head = onnx.ModelProto()
+        head.CopyFrom(self.skeleton)
+        graph = head.graph.SerializeToString()
+        head.ClearField("graph")
+        head_bytes = head.SerializeToString()
+        entries = []
+        for header, w in self._headers():
+            body = len(header) + len(_field(_RAW_DATA, w.nbytes)) + w.nbytes
+            entries.append((_field(_INITIALIZER, body), header, w))
+        graph_len = len(graph) + sum(
+            len(key) + len(header) + len(_field(_RAW_DATA, w.nbytes)) + w.nbytes
+            for key, header, w in entries
+        )
+        size = len(head_bytes) + len(_field(_GRAPH, graph_len)) + graph_len
+        if size > MAX_MODEL_BYTES:
+            raise ValueError(
+                f"the ONNX model would be {size:,} bytes: a protobuf message stops at 2 GiB "
+                "(models that large keep their weights as external data, not written here)"
+            )
+        out.write(head_bytes)
+        out.write(_field(_GRAPH, graph_len))
+        out.write(graph)
+        for key, header, w in entries:
+            out.write(key)
+            out.write(header)
+            out.write(_field(_RAW_DATA, w.nbytes))
+            out.write(w.data)  # the array's own memory
+        return size
+
+    def serialize(self) -> bytes:
+        buffer = io.BytesIO()
+        self.write(buffer)
+        return buffer.getvalue()
 
 
 def to_onnx(
@@ -800,4 +927,13 @@ def to_onnx(
     return lower(network, report, state_dict, opset=opset, seed=seed)
 
 
-__all__ = ["DEFAULT_OPSET", "SUPPORTED", "UnsupportedLayer", "lower", "to_onnx", "torch_state_dict"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "SUPPORTED",
+    "Lowering",
+    "UnsupportedLayer",
+    "build",
+    "lower",
+    "to_onnx",
+    "torch_state_dict",
+]
