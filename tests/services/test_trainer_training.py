@@ -273,8 +273,25 @@ def test_tensorflow_trains_and_reports_the_pytorch_metric_names(
             lambda _, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset) else None
         )
     assert sum(sizes) == NETWORK_PARAMS
-    assert out.onnx_path is None
     assert out.device.endswith("CPU:0")
+
+
+def test_a_keras_run_exports_onnx_that_predicts_what_the_keras_model_predicts(
+    small: Arrays, keras_runs: dict[str, Path]
+) -> None:
+    import onnxruntime as ort
+    from neural_dsl.backends import build_keras
+
+    out = train(NETWORK, {}, small, spec("tensorflow", epochs=2), keras_runs["whole"], Recorder())
+    assert out.onnx_path is not None
+    assert not [n for n in out.notes if "ONNX" in n]
+    model = build_keras(NETWORK, compile_model=False)
+    model.load_weights(str(out.weights_path))
+    x = small.x[:50].astype("float32")
+    expected = model.predict(x, verbose=0)
+    session = ort.InferenceSession(str(out.onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_tensorflow_resumes_at_the_next_epoch_like_an_uninterrupted_run(

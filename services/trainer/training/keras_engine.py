@@ -40,8 +40,8 @@ class KerasEngine:
         from neural_dsl.backends import build_keras
 
         self.tf, self.keras, self.task, self.spec = tf, keras, task, spec
+        self.network, self.report = network, report
         self.device = _tf_device(tf, network.execution.device, notes)
-        notes.append("ONNX export is made from the PyTorch backend; this run trained Keras")
         with tf.device(self.device):
             keras.utils.set_random_seed(spec.seed)
             model = build_keras(network)
@@ -118,8 +118,16 @@ class KerasEngine:
     def save_weights(self, path: Path) -> None:
         self.model.save_weights(str(path))
 
-    def export_onnx(self) -> bytes | None:
-        return None
+    def export_onnx(self, path: Path) -> None:
+        """The trained Keras weights under the PyTorch state_dict's names, lowered to ONNX
+        (the graph is the same for both frameworks: see neural_dsl.backends.keras_weights)."""
+        from neural_dsl.backends import lower_onnx
+        from neural_dsl.backends.keras_weights import state_dict_from_keras
+
+        weights = state_dict_from_keras(self.network, self.report, self.model)
+        lowered = lower_onnx(self.network, self.report, weights)
+        with open(path, "wb") as f:
+            lowered.write(f)
 
 
 def _tf_device(tf: Any, requested: str, notes: list[str]) -> str:

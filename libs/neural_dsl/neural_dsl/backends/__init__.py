@@ -232,8 +232,8 @@ __all__ = [
     "compile_network",
     "example_inputs",
     "export_onnx",
-    "lower_onnx",
     "export_onnx_torch",
+    "lower_onnx",
     "support_matrix",
     "supports",
 ]

@@ -3,7 +3,8 @@
 Both models come from the same IR, so each IR layer names one torch module (by attribute
 path) and one Keras layer (by name). Weights are re-laid out per layer type: torch keeps
 (out, in, *kernel), Keras (*kernel, in, out); GRU gates are (r, z, n) in torch and (z, r, h)
-in Keras; torch's two recurrent biases add up to Keras' one.
+in Keras; torch's two recurrent biases add up to Keras' one. The layouts themselves are in
+weight_layouts; keras_weights.state_dict_from_keras is the inverse of this module.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import numpy as np
 
 from ..ir import Layer, Network
 from ..shapes import ShapeReport
+from .weight_layouts import (
+    conv_kernel_to_keras,
+    conv_transpose_to_keras,
+    depthwise_to_keras,
+    gru_gates,
+    mha_output_to_keras,
+    mha_projection_to_keras,
+)
 
 
 def _np(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy()
-
-
-def _conv_kernel(w: np.ndarray) -> np.ndarray:
-    rank = w.ndim - 2
-    return np.transpose(w, (*range(2, 2 + rank), 1, 0))
 
 
 def _dense(m: Any) -> list[np.ndarray]:
@@ -38,14 +42,9 @@ def _rnn_weights(rnn: Any, kind: str, suffix: str) -> list[np.ndarray]:
     b_ih = getattr(rnn, f"bias_ih_l0{suffix}", None)
     b_hh = getattr(rnn, f"bias_hh_l0{suffix}", None)
     if kind == "GRU":
-
-        def order(a: np.ndarray) -> np.ndarray:  # torch (r, z, n) -> Keras (z, r, h)
-            r, z, n = np.split(a, 3, axis=0)
-            return np.concatenate([z, r, n], axis=0)
-
-        out = [order(w_ih).T, order(w_hh).T]
+        out = [gru_gates(w_ih).T, gru_gates(w_hh).T]
         if b_ih is not None:
-            out.append(np.stack([order(_np(b_ih)), order(_np(b_hh))]))
+            out.append(np.stack([gru_gates(_np(b_ih)), gru_gates(_np(b_hh))]))
         return out
     out = [w_ih.T, w_hh.T]
     if b_ih is not None:
@@ -55,10 +54,9 @@ def _rnn_weights(rnn: Any, kind: str, suffix: str) -> list[np.ndarray]:
 
 def _mha(m: Any, heads: int, key_dim: int) -> list[np.ndarray]:
     def proj(lin: Any) -> list[np.ndarray]:
-        w = _np(lin.weight).T  # (dim, heads * key_dim)
-        return [w.reshape(w.shape[0], heads, key_dim), _np(lin.bias).reshape(heads, key_dim)]
+        return mha_projection_to_keras(_np(lin.weight), _np(lin.bias), heads, key_dim)
 
-    out_w = _np(m.output.weight).T.reshape(heads, key_dim, -1)
+    out_w = mha_output_to_keras(_np(m.output.weight), heads, key_dim)
     return [*proj(m.query), *proj(m.key), *proj(m.value), out_w, _np(m.output.bias)]
 
 
@@ -76,23 +74,19 @@ def _leaf_weights(layer: Layer, m: Any) -> list[np.ndarray]:
     if t in ("Dense", "Output"):
         return _dense(m)
     if t in ("Conv1D", "Conv2D", "Conv3D"):
-        out = [_conv_kernel(_np(m.conv.weight))]
+        out = [conv_kernel_to_keras(_np(m.conv.weight))]
         return out + ([_np(m.conv.bias)] if m.conv.bias is not None else [])
     if t == "DepthwiseConv2D":
-        w = _np(m.conv.weight)  # (c * dm, 1, kh, kw), channel-major
-        c = w.shape[0] // layer.get("depth_multiplier", 1)
-        kernel = w.reshape(c, -1, *w.shape[2:]).transpose(2, 3, 0, 1)
+        kernel = depthwise_to_keras(_np(m.conv.weight), layer.get("depth_multiplier", 1))
         return [kernel] + ([_np(m.conv.bias)] if m.conv.bias is not None else [])
     if t == "SeparableConv2D":
-        dw = _np(m.depthwise.conv.weight)
-        c = dw.shape[0] // layer.get("depth_multiplier", 1)
         out = [
-            dw.reshape(c, -1, *dw.shape[2:]).transpose(2, 3, 0, 1),
-            _conv_kernel(_np(m.pointwise.conv.weight)),
+            depthwise_to_keras(_np(m.depthwise.conv.weight), layer.get("depth_multiplier", 1)),
+            conv_kernel_to_keras(_np(m.pointwise.conv.weight)),
         ]
         return out + ([_np(m.pointwise.conv.bias)] if m.pointwise.conv.bias is not None else [])
     if t == "Conv2DTranspose":
-        out = [np.transpose(_np(m.conv.weight), (2, 3, 1, 0))]
+        out = [conv_transpose_to_keras(_np(m.conv.weight))]
         return out + ([_np(m.conv.bias)] if m.conv.bias is not None else [])
     if t in ("SimpleRNN", "SimpleRNNDropoutWrapper", "LSTM", "GRU"):
         kind = {"LSTM": "LSTM", "GRU": "GRU"}.get(t, "RNN")
@@ -137,9 +131,8 @@ def _copy(layer: Layer, ls: Any, m: Any, model: Any) -> None:
             if hasattr(m.projection, "linear"):
                 proj.set_weights(_dense(m.projection))
             else:
-                proj.set_weights(
-                    [_conv_kernel(_np(m.projection.conv.weight)), _np(m.projection.conv.bias)]
-                )
+                conv = m.projection.conv
+                proj.set_weights([conv_kernel_to_keras(_np(conv.weight)), _np(conv.bias)])
         return
     if t in ("TransformerEncoder", "TransformerDecoder"):
         block = model.get_layer(name)
