@@ -233,6 +233,8 @@ def main() -> int:
         "PYTHONPATH": str(ROOT),
         "NEURAL_REDIS_URL": os.environ.get("NEURAL_REDIS_URL", "redis://127.0.0.1:6379/11"),
         "NEURAL_LOG_LEVEL": args.log_level,
+        # one server process: its CPU time is read from /proc/<pid>
+        "NEURAL_TRACKER_PROCESSES": "1",
     }
     env.pop("NEURAL_DATABASE_URL", None)
     private_key, public_key = keypair(tmp / "keys")

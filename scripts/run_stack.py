@@ -9,6 +9,10 @@ unless NEURAL_DATABASE_URL is set, the artifact storage, the authz service's sig
 addresses, Redis and database) for as long as it runs; `make demo` finds the stack through
 that file only.
 
+The tracker runs as a group of NEURAL_TRACKER_PROCESSES server processes on its port (2 by
+default here; service_kit.process_group): the group's parent is the process supervised, and
+it exits when one of its servers dies, to be restarted as any other.
+
 Supervision: a process that exits while the stack runs is logged and started again after a
 delay that doubles from 1 s up to 60 s, and falls back to 1 s once the process has stayed up
 for a minute. Ctrl-C (or SIGTERM) stops the workers first, then the services, then Redis, so
@@ -55,6 +59,10 @@ SERVICES = [
 # Processes that run beside the services (name, module): the deployer's controller starts the
 # model replicas (its children: they end with it) and writes Envoy's deployment clusters.
 CONTROLLERS = [("deployer-controller", "services.deployer.controller")]
+# Server processes of the tracker in a local stack: two show the group's behaviour (one port,
+# summed metrics) without a process per core of a machine that also runs every other service
+# (and, on SQLite, whose writes take turns on one file anyway).
+TRACKER_PROCESSES = 2
 WORKER_METRICS_PORT = 9191  # Dramatiq's Prometheus exporter in the training worker
 # The workers' API key: its name, and the one RPC it may call (see service_kit.delegation).
 WORKER_KEY = "platform-workers"
@@ -263,6 +271,7 @@ def main() -> int:
     env.setdefault("NEURAL_PAGE_TOKEN_SECRET", secrets.token_urlsafe(32))
     env.setdefault("NEURAL_DATABASE_URL", f"sqlite+aiosqlite:///{data / 'neural.db'}")
     env.setdefault("dramatiq_prom_port", str(WORKER_METRICS_PORT))
+    env.setdefault("NEURAL_TRACKER_PROCESSES", str(TRACKER_PROCESSES))
     # where the deployer's controller writes the deployments' clusters and Envoy reads them
     env.setdefault("NEURAL_ENVOY_DYNAMIC_DIR", str(data / "envoy-dynamic"))
     # an idle worker polls Redis at least this often (ms): Dramatiq's default of 1 s would
@@ -357,8 +366,14 @@ def main() -> int:
                 print(f"{name} did not start (see {data / (name + '.log')})", file=sys.stderr)
                 return 1
             metrics = int(env.get(f"NEURAL_{name.upper()}_METRICS_PORT", str(port + 1000)))
+            group = (
+                f"   ({env['NEURAL_TRACKER_PROCESSES']} processes, NEURAL_TRACKER_PROCESSES)"
+                if name == "tracker"
+                else ""
+            )
             endpoints.append(
                 f"  {name:10s} grpc 127.0.0.1:{port}   metrics http://127.0.0.1:{metrics}/metrics"
+                + group
             )
         for name, module in CONTROLLERS:
             stack.add(name, [sys.executable, "-m", module], WORKER)

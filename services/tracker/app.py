@@ -88,8 +88,18 @@ class App:
         await self.store.close()  # and its engine
 
 
+async def migrate(settings: Settings) -> None:
+    """The tracker's tables at head: what the parent of a process group does once, before
+    its processes start (service_kit.process_group)."""
+    engine = db.make_engine(settings.database_url, pool_size=1)
+    try:
+        await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    finally:
+        await engine.dispose()
+
+
 async def build(settings: Settings) -> App:
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url, settings.db_pool_size)
     await db.prepare(engine, MIGRATIONS, VERSION_TABLE, settings.migrate_at_start)
     store = TrackerStore(engine)
     service = TrackerService(

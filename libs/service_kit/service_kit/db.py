@@ -30,7 +30,30 @@ from sqlalchemy.ext.asyncio import (
 log = logging.getLogger("neural.db")
 
 
-def make_engine(url: str) -> AsyncEngine:
+# Connections each process keeps open to PostgreSQL. A process runs on one core, and a call
+# holds a connection only while its statements travel (a keyed read: well under a millisecond
+# on a local network), not while it decodes, builds or encodes messages (most of its CPU: 5-9
+# ms for a GetRun): on one core a few connections are busy at any moment, and 10 cover the
+# bursts where many calls wait on the database at once. More would add PostgreSQL backends
+# (each several MB of its memory) that one core cannot keep busy. NEURAL_DB_POOL_SIZE sets it.
+POOL_SIZE = 10
+# No overflow: SQLAlchemy closes an overflow connection when it is returned, so a steady load
+# just above the pool opened and closed a PostgreSQL session per call (1,665 sessions in 3
+# minutes for 50 readers). Past the pool a call waits for a connection instead (the pool is a
+# queue); after POOL_TIMEOUT_S it fails UNAVAILABLE (a TimeoutError) rather than wait on.
+POOL_TIMEOUT_S = 10.0
+# What PostgreSQL's pg_stat_activity shows for the connections (server.main names them
+# after the service: "neural-tracker").
+_application_name = "neural"
+
+
+def name_connections(name: str) -> None:
+    """The application_name of the engines made from now on (each service sets its own)."""
+    global _application_name
+    _application_name = name[:63]  # PostgreSQL's NAMEDATALEN
+
+
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -48,7 +71,14 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": _application_name}},
+    )
 
 
 def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

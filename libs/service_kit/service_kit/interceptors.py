@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import errors, request_checks
+from .access_log import AccessLog
 from .auth import Principal
 from .internal_token import HEADER as PRINCIPAL_HEADER
 from .internal_token import Verifier
@@ -48,6 +49,8 @@ IN_FLIGHT = Gauge(
     "neural_grpc_in_flight",
     "RPCs being handled now (a stream counts until it ends), by method",
     ["service", "method"],
+    # in a process group (service_kit.process_group): the sum over the living processes
+    multiprocess_mode="livesum",
 )
 LATENCY = Histogram(
     "neural_grpc_request_seconds",
@@ -203,8 +206,11 @@ class Interceptor(grpc.aio.ServerInterceptor):
         tokens: Verifier | None = None,
         credentials: CredentialCheck | None = None,
         resources: dict[str, Resource] | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         self.service = service
+        # which calls are logged (errors, slow ones, a sample of the rest) and the summaries
+        self.access = access or AccessLog()
         # Checks the gateway's internal tokens; None when no public key is configured, and
         # then any such token is refused.
         self.tokens = tokens
@@ -367,18 +373,8 @@ class Interceptor(grpc.aio.ServerInterceptor):
         route.latency.observe(elapsed)
         if code is not grpc.StatusCode.OK:
             ERRORS.labels(self.service, route.short, code.name).inc()
-        # The record is built only when someone reads it.
-        if route.logged and log.isEnabledFor(logging.INFO):
-            log.info(
-                "rpc",
-                extra={
-                    "fields": {
-                        "method": route.method,
-                        "code": code.name,
-                        "ms": round(elapsed * 1e3, 2),
-                    }
-                },
-            )
+        if route.logged:
+            self.access.record(route.method, code, elapsed)
 
     def _unary(
         self,

@@ -23,6 +23,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
+            # which process of a group (service_kit.process_group) wrote it
+            "pid": record.process,
             "msg": record.getMessage(),
             "request_id": request_id.get(),
         }

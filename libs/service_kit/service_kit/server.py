@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
-from . import logs, pagination
+from . import db, logs, pagination, process_group
+from .access_log import AccessLog
 from .interceptors import CredentialCheck, GuardedServer, Interceptor
 from .internal_token import Verifier
 from .roles import service_resources
@@ -54,7 +56,6 @@ class ServiceSpec:
 
 def dependency_checks(engine: Any, redis_url: str) -> list[Callable[[], Awaitable[bool]]]:
     """The health checks of a service that needs its database and Redis."""
-    from . import db
     from .broker import redis_ping
 
     async def database_up() -> bool:
@@ -140,6 +141,7 @@ def interceptor(spec: ServiceSpec, settings: Settings) -> Interceptor:
         tokens,
         spec.credentials,
         resources,
+        AccessLog(settings.slow_call_ms, settings.access_log_sample, settings.access_log_summary_s),
     )
 
 
@@ -147,12 +149,15 @@ async def serve(
     spec: ServiceSpec,
     settings: Settings,
     ready: Callable[[int], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight calls for `grace_seconds`."""
+    """Serve until SIGTERM/SIGINT, then drain in-flight calls for `grace_seconds`.
+    `reuse_port`: one process of a group sharing the port (service_kit.process_group);
+    otherwise binding a port another server holds fails, loudly."""
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.aio.server(options=options)
     # Every handler goes in wrapped by the interceptor, once, here: as a grpc.aio server
@@ -171,6 +176,10 @@ async def serve(
         ),
         guarded,
     )
+    # grpc's health service starts out SERVING: NOT_SERVING until this process's dependencies
+    # answer (in a group, a caller reaches any process, and each answers for itself).
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = server.add_insecure_port(settings.address)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
@@ -205,13 +214,28 @@ async def serve(
 __all__ = ["ServiceSpec", "grpc", "serve"]
 
 
-def main(name: str, build: Callable[[Settings], Awaitable[Any]]) -> None:
+def main(
+    name: str,
+    build: Callable[[Settings], Awaitable[Any]],
+    migrate: Callable[[Settings], Awaitable[None]] | None = None,
+    processes: bool = False,
+) -> None:
     """`python -m services.<name>`: settings, logs, the service's wiring (`build` returns an
-    object with `spec` and `async close()`), then serve until SIGTERM."""
+    object with `spec` and `async close()`), then serve until SIGTERM.
+
+    `processes`: the service may serve as a group of NEURAL_<NAME>_PROCESSES processes on its
+    port (service_kit.process_group); `migrate` then migrates its tables once, in the group's
+    parent, before the processes start (each one's `build` finds them at head)."""
+    settings = load(name, multiprocess=processes)
+    logs.setup(name, settings.log_level)
+    db.name_connections(f"neural-{name}")
+    index = process_group.child_index()
+    if index is None and settings.processes > 1:
+        sys.exit(process_group.run(name, settings, migrate))
+    if index is not None:
+        process_group.adopted()
 
     async def run() -> None:
-        settings = load(name)
-        logs.setup(name, settings.log_level)
         # Page tokens signed under the service's secret stay valid across its restarts.
         pagination.configure(settings.page_token_secret)
         app = await build(settings)
@@ -220,7 +244,7 @@ def main(name: str, build: Callable[[Settings], Awaitable[Any]]) -> None:
         # milliseconds, while a large response allocates its objects.
         gc.freeze()
         try:
-            await serve(app.spec, settings)
+            await serve(app.spec, settings, reuse_port=index is not None)
         finally:
             await app.close()
 

@@ -93,6 +93,17 @@ class Settings:
     # Whether a service migrates its tables at start (the default), or waits for
     # `python -m services.migrate` to have (a migration Job; services without DDL rights).
     migrate_at_start: bool = True
+    # Server processes sharing the port (service_kit.process_group): 1 for every service but
+    # those whose main() enables a group (the tracker: NEURAL_TRACKER_PROCESSES).
+    processes: int = 1
+    # The database pool of each process (service_kit.db.make_engine): connections kept open.
+    db_pool_size: int = 10
+    # Access logs: calls slower than this (ms) are always logged, as are errors; of the fast
+    # successful ones, this fraction (per method, every 1/sample-th); a summary per method
+    # every access_log_summary_s seconds (0: none).
+    slow_call_ms: int = 500
+    access_log_sample: float = 0.01
+    access_log_summary_s: int = 60
 
     @property
     def address(self) -> str:
@@ -111,8 +122,32 @@ class Settings:
         )
 
 
-def load(service: str) -> Settings:
-    """The settings of `service` from the environment (NEURAL_<SERVICE>_PORT and friends)."""
+def _fraction(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise SettingsError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's cpuset, taskset),
+    not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load(service: str, multiprocess: bool = False) -> Settings:
+    """The settings of `service` from the environment (NEURAL_<SERVICE>_PORT and friends).
+    `multiprocess`: the service may run as a group of processes, NEURAL_<SERVICE>_PROCESSES
+    of them (default: one per available CPU)."""
     env = os.environ
     data_dir = Path(env.get("NEURAL_DATA_DIR", ".run")).resolve()
     port = _int(f"NEURAL_{service.upper()}_PORT", DEFAULT_PORTS.get(service, 50050), 0, 65535)
@@ -166,6 +201,15 @@ def load(service: str) -> Settings:
         ratelimit_fail_open=_flag("NEURAL_RATELIMIT_FAIL_OPEN", True),
         ratelimit_redis_timeout_ms=_int("NEURAL_RATELIMIT_REDIS_TIMEOUT_MS", 100, 1, 10_000),
         migrate_at_start=_flag("NEURAL_MIGRATE_AT_START", True),
+        processes=(
+            _int(f"NEURAL_{service.upper()}_PROCESSES", available_cpus(), 1, 256)
+            if multiprocess
+            else 1
+        ),
+        db_pool_size=_int("NEURAL_DB_POOL_SIZE", 10, 1, 1000),
+        slow_call_ms=_int("NEURAL_SLOW_CALL_MS", 500, 0, 3_600_000),
+        access_log_sample=_fraction("NEURAL_ACCESS_LOG_SAMPLE", 0.01),
+        access_log_summary_s=_int("NEURAL_ACCESS_LOG_SUMMARY_S", 60, 0, 86_400),
     )
 
 
