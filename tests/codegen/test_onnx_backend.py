@@ -15,8 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from neural_dsl import check, parse
-from neural_dsl.backends import example_inputs, prepare, torch_backend
-from neural_dsl.backends import onnx_backend
+from neural_dsl.backends import example_inputs, onnx_backend, prepare, torch_backend
 from neural_dsl.backends.onnx_backend import UnsupportedLayer, build, to_onnx, torch_state_dict
 from neural_dsl.hparams import first_values
 from neural_dsl.ir import Network

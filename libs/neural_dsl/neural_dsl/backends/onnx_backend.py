@@ -861,8 +861,9 @@ class Lowering:
         """Each weight's TensorProto without its data, serialized, and its array."""
         return [
             (
-                onnx.TensorProto(name=name, dims=w.shape, data_type=TensorProto.FLOAT)
-                .SerializeToString(),
+                onnx.TensorProto(
+                    name=name, dims=w.shape, data_type=TensorProto.FLOAT
+                ).SerializeToString(),
                 w,
             )
             for name, w in self.weights.items()
