@@ -91,6 +91,8 @@ bench: setup
 	$(PY) bench/grpc_overhead.py
 	$(PY) bench/gateway.py
 	$(PY) bench/tracker_ingest.py
+	$(PY) bench/tracker_ingest.py --scale
+	$(PY) bench/tracker_events.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/predict.py
 	$(PY) bench/first_call.py

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import empty_pb2, timestamp_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 from service_kit import errors, owners, pagination, request_checks
-from service_kit.fanout import Fanout
+from service_kit.fanout import Fanout, FellBehind
 from service_kit.http_bodies import content_disposition, http_bodies
 from service_kit.interceptors import principal
 from service_kit.redis_clients import async_client
@@ -112,8 +112,11 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         self.store = store
         self.artifacts = artifacts
         self.redis = async_client(redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self.events = RunEvents(self.redis)
-        self.fanout = Fanout(self.redis)
+        # events have a client of their own: a publish never waits for a connection that
+        # the watchers' subscription (or anything else) holds
+        self.events = RunEvents(async_client(redis_url, socket_timeout=5, socket_connect_timeout=2))
+        # a watcher that falls behind is closed, told so, rather than silently missing points
+        self.fanout = Fanout(self.redis, close_slow=True)
         self.watches = StreamCap(max_watches_per_principal)
 
     async def _run_message(self, row: Any) -> tracker_pb2.Run:
@@ -276,10 +279,17 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         # every watch of this process shares one subscription; one caller's watches are capped
         with self.watches.hold(principal().subject):
             async with self.fanout.watch(channel(request.run_id)) as watcher:
+                # subscribed: every event logged from here on reaches this watcher
                 row = await self.store.runs.get(request.run_id, owner)
                 yield await self._status_event(row)
                 while row.status == "RUNNING":
-                    raw = await watcher.get(timeout=1.0)
+                    try:
+                        raw = await watcher.get(timeout=1.0)
+                    except FellBehind as exc:
+                        raise errors.ResourceExhausted(
+                            f"this watch fell behind the run's events ({exc}) and was closed: "
+                            "watch again, and read GetMetricHistory for what it missed"
+                        ) from None
                     data = json.loads(raw) if raw is not None else None
                     if data is not None and data["type"] == "metrics":
                         chosen = [m for m in data["metrics"] if not keys or m[0] in keys]

@@ -4,33 +4,58 @@ A Watch* stream that opened a subscription of its own held a Redis connection fo
 life: one caller's hundred streams took a hundred connections and a hundred readers, and
 starved everyone else's watches. Here a process reads one subscription; a channel is
 subscribed while at least one watcher listens to it; every message is copied to each of its
-watchers' bounded queues. A slow watcher loses its oldest messages and never slows another
-(watchers read their rows too, so a lost message only delays what they learn). When Redis
-goes away the reader connects again after a pause and subscribes again to every channel
-still watched.
+watchers' bounded queues, so a slow watcher never slows another. What happens to a watcher
+that falls behind by more than its queue is the Fanout's choice (`close_slow`): it loses its
+oldest messages (job watches: each event is a snapshot of the job and the row is read too, so
+the newest says all), or it is closed and its next `get` raises FellBehind (run watches: a
+lost metric is a hole the watcher would never learn of, so it is told to watch again).
+`watch` returns once Redis has the subscription: whatever is published afterwards reaches the
+watcher. When Redis goes away the reader connects again after a pause and subscribes again to
+every channel still watched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.asyncio.client import PubSub
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256  # messages one watcher may fall behind by
+CONFIRM_S = 5.0  # the longest a new watch waits for Redis to confirm its subscription
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
+
+OVERFLOWS = Counter(
+    "neural_watch_overflows_total",
+    "Watchers that fell behind by more than their queue, by what was done: closed, or their "
+    "oldest message dropped",
+    ["action"],
+)
+
+
+class FellBehind(Exception):
+    """The watcher fell behind by more than its queue and was closed: messages were lost."""
+
+    def __init__(self, queue_size: int) -> None:
+        super().__init__(f"fell behind by more than {queue_size} messages")
+        self.queue_size = queue_size
 
 
 class Watcher:
     """One watcher's messages from one channel."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, close_slow: bool = False) -> None:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(size)
+        self.size = size
+        self.close_slow = close_slow
+        self.fell_behind = False
 
     @property
     def pending(self) -> int:
@@ -38,30 +63,55 @@ class Watcher:
         return self._queue.qsize()
 
     def deliver(self, data: bytes) -> None:
-        if self._queue.full():  # the oldest goes: the newest says more about now
-            self._queue.get_nowait()
+        if self.fell_behind:
+            return
+        if self._queue.full():
+            if self.close_slow:
+                self.fell_behind = True
+                OVERFLOWS.labels("closed").inc()
+                while not self._queue.empty():  # nobody will read them: free them now
+                    self._queue.get_nowait()
+                self._queue.put_nowait(b"")  # wakes a get that waits (it raises)
+                return
+            OVERFLOWS.labels("dropped_oldest").inc()
+            self._queue.get_nowait()  # the oldest goes: the newest says more about now
         self._queue.put_nowait(data)
 
     async def get(self, timeout: float) -> bytes | None:
-        """The next message's data, or None after `timeout` seconds without one."""
+        """The next message's data, or None after `timeout` seconds without one. FellBehind
+        once a watcher that closes when slow has fallen behind."""
+        if self.fell_behind:
+            raise FellBehind(self.size)
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            data = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
+        if self.fell_behind:
+            raise FellBehind(self.size)
+        return data
 
 
 class Fanout:
     def __init__(
-        self, redis: aioredis.Redis, queue_size: int = QUEUE_SIZE, retry_s: float = 1.0
+        self,
+        redis: aioredis.Redis,
+        queue_size: int | None = None,
+        retry_s: float = 1.0,
+        close_slow: bool = False,
     ) -> None:
         self.redis = redis
-        self.queue_size = queue_size
+        self.queue_size = queue_size or QUEUE_SIZE
         self.retry_s = retry_s
+        self.close_slow = close_slow
         self._watchers: dict[str, set[Watcher]] = {}
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         # Subscribe and unsubscribe commands go out in the order the counts changed.
         self._lock = asyncio.Lock()
+        # PING tokens sent after a SUBSCRIBE, and what waits for their PONG
+        self._pings: dict[str, asyncio.Event] = {}
+        self._tokens = itertools.count()
+        self._lost = False  # the subscription was lost and is not back
 
     @property
     def channels(self) -> int:
@@ -70,28 +120,38 @@ class Fanout:
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[Watcher]:
-        """A Watcher of `channel` for the duration of the block."""
-        watcher = Watcher(self.queue_size)
-        await self._add(channel, watcher)
+        """A Watcher of `channel` for the duration of the block, subscribed when it starts."""
+        watcher = Watcher(self.queue_size, self.close_slow)
         try:
+            await self._add(channel, watcher)
             yield watcher
         finally:
             await self._remove(channel, watcher)
 
     async def _add(self, channel: str, watcher: Watcher) -> None:
+        confirmed = asyncio.Event()
         async with self._lock:
             listeners = self._watchers.setdefault(channel, set())
             listeners.add(watcher)
-            # subscribed before the watch starts, so an event right after it is not missed
             try:
-                if self._pubsub is None:
-                    await self._open()
+                pubsub = self._pubsub
+                if pubsub is None:
+                    pubsub = await self._open()
                 elif len(listeners) == 1:
-                    await self._pubsub.subscribe(channel)
+                    await pubsub.subscribe(channel)
+                # Redis answers commands of one connection in order: the PONG of a PING sent
+                # after the SUBSCRIBE (this one's, or an earlier watcher's still in flight)
+                # says the subscription is in place
+                token = f"watch-{next(self._tokens)}"
+                self._pings[token] = confirmed
+                await pubsub.ping(token)
             except _REDIS_DOWN:
                 await self._drop()  # the reader connects again and subscribes to all
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.get_running_loop().create_task(self._read())
+        # Redis away or slow: go on (the watcher reads its rows too) rather than hang
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(confirmed.wait(), CONFIRM_S)
 
     async def _remove(self, channel: str, watcher: Watcher) -> None:
         async with self._lock:
@@ -134,6 +194,10 @@ class Fanout:
 
     async def _drop(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        # the PONGs would have come on that connection: nobody waits for them any longer
+        pings, self._pings = self._pings, {}
+        for confirmed in pings.values():
+            confirmed.set()
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -144,7 +208,10 @@ class Fanout:
                 pubsub = await self._connect()
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except _REDIS_DOWN as exc:
-                log.warning("pub/sub connection lost (%s): connecting again", exc)
+                # once, not every retry_s while Redis is away
+                if self._pubsub is not None or not self._lost:
+                    log.warning("pub/sub connection lost (%s): connecting again", exc)
+                self._lost = True
                 async with self._lock:
                     await self._drop()
                 # Redis restarted: the idle pooled connections are all dead too
@@ -152,7 +219,19 @@ class Fanout:
                     await self.redis.connection_pool.disconnect(inuse_connections=False)
                 await asyncio.sleep(self.retry_s)
                 continue
-            if msg is None or msg.get("type") != "message":
+            if self._lost:
+                self._lost = False
+                log.info("pub/sub connection back: %d channels watched", len(self._watchers))
+            if msg is None:
+                continue
+            if msg.get("type") == "pong":
+                data = msg["data"]
+                token = data.decode() if isinstance(data, bytes) else str(data)
+                confirmed = self._pings.pop(token, None)
+                if confirmed is not None:
+                    confirmed.set()
+                continue
+            if msg.get("type") != "message":
                 continue
             channel = msg["channel"]
             name = channel.decode() if isinstance(channel, bytes) else str(channel)

@@ -1,0 +1,381 @@
+"""WatchRun under load, end to end: two tracker server processes on one database and a Redis
+of this module's own (stopped and started again in the last test), watched and written over
+gRPC. Hundreds of watchers across users and processes get every metric event; a publish that
+fails is counted and sent once Redis is back; a watcher that falls behind is closed with
+RESOURCE_EXHAUSTED while a fast one on the same run gets everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+import redis.asyncio as aioredis
+from neural.v1 import tracker_pb2, tracker_pb2_grpc
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from service_kit.fanout import Fanout, FellBehind, Watcher
+
+from tests import tokens
+from tests.services.conftest import create_pg_database, drop_pg_database, free_port, redis_url
+from tests.services.stack import Stack, make_stack
+from tests.waiting import until, until_async
+
+# The Watcher alone, then the Fanout on the real Redis, then two tracker servers.
+
+
+async def test_a_watcher_that_falls_behind_is_closed_or_loses_its_oldest() -> None:
+    closed = REGISTRY.get_sample_value("neural_watch_overflows_total", {"action": "closed"}) or 0
+    watcher = Watcher(3, close_slow=True)
+    for n in range(3):
+        watcher.deliver(str(n).encode())
+    assert await watcher.get(1) == b"0"  # within its queue: nothing lost
+    for n in range(3, 5):
+        watcher.deliver(str(n).encode())  # the second one does not fit
+    with pytest.raises(FellBehind, match="fell behind by more than 3"):
+        await watcher.get(1)
+    with pytest.raises(FellBehind):  # for good
+        await watcher.get(1)
+    assert watcher.pending <= 1  # what it held is freed
+    assert REGISTRY.get_sample_value("neural_watch_overflows_total", {"action": "closed"}) == (
+        closed + 1
+    )
+    # a job's watcher: the newest count, it drops the oldest and goes on
+    keeps = Watcher(2)
+    for n in range(4):
+        keeps.deliver(str(n).encode())
+    assert [await keeps.get(1), await keeps.get(1)] == [b"2", b"3"]
+
+
+async def test_a_waiting_watcher_learns_at_once_that_it_was_closed() -> None:
+    watcher = Watcher(1, close_slow=True)
+    waiting = asyncio.create_task(watcher.get(30))
+    await asyncio.sleep(0)  # it waits for a message
+    watcher.deliver(b"a")
+    assert await waiting == b"a"
+    watcher.deliver(b"b")
+    waiting = asyncio.create_task(watcher.get(30))
+    assert await waiting == b"b"
+    waiting = asyncio.create_task(watcher.get(30))
+    await asyncio.sleep(0)
+    watcher.deliver(b"c")
+    watcher.deliver(b"d")  # full (nobody read c yet): closed, and the waiting get raises
+    with pytest.raises(FellBehind):
+        await asyncio.wait_for(waiting, 5)
+
+
+@pytest.mark.integration
+async def test_a_watch_starts_subscribed_and_a_slow_watcher_does_not_slow_a_fast_one() -> None:
+    client = aioredis.from_url(redis_url(13))
+    fanout = Fanout(client, queue_size=4, close_slow=True)
+    name = f"watchers-{uuid.uuid4().hex}"
+    try:
+        async with fanout.watch(name) as slow, fanout.watch(name) as fast:
+            # no wait: Redis confirmed the subscription before watch() returned
+            assert await client.publish(name, b"first") == 1
+            assert await fast.get(5) == b"first"
+            for n in range(10):  # the fast one reads each as it comes, the slow one none
+                await client.publish(name, str(n).encode())
+                assert await fast.get(5) == str(n).encode()
+            with pytest.raises(FellBehind):
+                await slow.get(1)
+    finally:
+        await fanout.close()
+        await client.aclose()
+
+
+Key = tuple[str, int]  # a metric point as a watcher counts it: (key, step)
+
+
+class RedisServer:
+    """A redis-server process on a port of its own, to stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        until(lambda: self._answers(client), 10, "redis-server to answer")
+
+    @staticmethod
+    def _answers(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack, RedisServer]]:
+    """Two tracker processes (A and B) on one database and one Redis."""
+    tmp = tmp_path_factory.mktemp("tracker-watchers")
+    cache = RedisServer(tmp)
+    cache.start()
+    name, url = asyncio.run(create_pg_database())
+    stacks: list[Stack] = []
+    try:
+        for label in ("a", "b"):  # one after the other: each migrates at start
+            (tmp / label).mkdir()
+            s = make_stack(tmp / label, url, 0, "tracker")
+            s.env.update(NEURAL_REDIS_URL=cache.url, NEURAL_TRACKER_PROCESSES="1")
+            stacks.append(s)
+            s.start_server("services.tracker")
+            s.wait_serving()
+        yield stacks[0], stacks[1], cache
+    finally:
+        for s in stacks:
+            s.stop_all()
+        cache.stop()
+        asyncio.run(drop_pg_database(name))
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples with `labels` on `stack`'s metrics endpoint."""
+    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def md(user: str) -> tuple[tuple[str, str], ...]:
+    return tokens.as_(user, "user")
+
+
+async def new_runs(t: tracker_pb2_grpc.TrackerServiceStub, user: str, count: int) -> list[str]:
+    exp = await t.CreateExperiment(
+        tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name="watched")),
+        metadata=md(user),
+    )
+    runs = []
+    for n in range(count):
+        run = await t.CreateRun(
+            tracker_pb2.CreateRunRequest(experiment_id=exp.id, run=tracker_pb2.Run(name=f"r{n}")),
+            metadata=md(user),
+        )
+        runs.append(run.id)
+    return runs
+
+
+async def log(
+    t: tracker_pb2_grpc.TrackerServiceStub,
+    user: str,
+    run_id: str,
+    steps: range,
+    keys: tuple[str, ...] = ("loss", "acc"),
+) -> set[Key]:
+    """Logs `keys` at `steps` in one call; the points logged."""
+    metrics = [tracker_pb2.Metric(key=k, value=0.5, step=s) for s in steps for k in keys]
+    await t.LogMetrics(
+        tracker_pb2.LogMetricsRequest(run_id=run_id, metrics=metrics), metadata=md(user)
+    )
+    return {(m.key, m.step) for m in metrics}
+
+
+class Watch:
+    """One WatchRun stream, its metric points counted as they come."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+        self.call = call
+        self.seen: Counter[Key] = Counter()
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, t: tracker_pb2_grpc.TrackerServiceStub, user: str, run_id: str, read: bool = True
+    ) -> Watch:
+        """Returns once the stream's first response came: the subscription is in place."""
+        watch = cls(t.WatchRun(tracker_pb2.WatchRunRequest(run_id=run_id), metadata=md(user)))
+        first = await watch.call.read()
+        assert first.type == "status"
+        if read:
+            watch.task = asyncio.create_task(watch._read())
+        return watch
+
+    async def _read(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while (event := await self.call.read()) is not grpc.aio.EOF:
+                self.seen.update((m.key, m.step) for m in event.metrics)
+
+    def close(self) -> None:
+        self.call.cancel()
+        if self.task is not None:
+            self.task.cancel()
+
+
+def stub(stack: Stack, options: list[tuple[str, int]] | None = None) -> tuple:
+    channel = grpc.aio.insecure_channel(stack.address, options=options)
+    return channel, tracker_pb2_grpc.TrackerServiceStub(channel)
+
+
+@pytest.mark.e2e
+async def test_300_watchers_across_users_and_processes_get_every_event(
+    servers: tuple[Stack, Stack, RedisServer],
+) -> None:
+    a, b, _ = servers
+    users = [f"watcher-{n}" for n in range(15)]  # 20 watches each: the default cap
+    channels = [stub(s) for s in (a, b) for _ in range(3)]
+    stubs = [t for _, t in channels]
+    opened: list[Watch] = []
+    try:
+        runs = {u: await new_runs(stubs[0], u, 2) for u in users}
+        opened = await asyncio.gather(
+            *(
+                Watch.open(stubs[n % len(stubs)], u, runs[u][n % 2])
+                for u in users
+                for n in range(20)  # each run watched 10 times, from both processes
+            )
+        )
+        owners = [(u, runs[u][n % 2]) for u in users for n in range(20)]
+        assert len(opened) == 300
+        lonely = (await new_runs(stubs[0], "nobody-watches", 1))[0]
+        unwatched = metric(a, "tracker_events_unwatched_total")
+
+        # Several writers at once, each run written through both processes in turn.
+        logged: dict[str, set[Key]] = {}
+
+        async def write(user: str, run_id: str) -> None:
+            points: set[Key] = set()
+            for call in range(12):
+                t = stubs[call % len(stubs)]
+                points |= await log(t, user, run_id, range(call * 3, call * 3 + 3))
+            logged[run_id] = points
+
+        await asyncio.gather(
+            *(write(u, r) for u in users for r in runs[u]), write("nobody-watches", lonely)
+        )
+        expected = {run: Counter(dict.fromkeys(points, 1)) for run, points in logged.items()}
+
+        def done() -> bool:
+            return all(w.seen == expected[run] for w, (_, run) in zip(opened, owners, strict=True))
+
+        with contextlib.suppress(AssertionError):
+            await until_async(done, 30, "every watcher to get every point")
+        # each (key, step) exactly once: a point over is a count of 2, a point missing 0
+        wrong = [
+            (n, sorted(expected[run] - w.seen)[:5], sorted(w.seen - expected[run])[:5])
+            for n, (w, (_, run)) in enumerate(zip(opened, owners, strict=True))
+            if w.seen != expected[run]
+        ]
+        assert not wrong, f"{len(wrong)} watchers (index, missing, extra): {wrong[:5]}"
+        # the run nobody watched: its events were never encoded, never sent
+        assert metric(a, "tracker_events_unwatched_total") > unwatched
+    finally:
+        for w in opened:
+            w.close()
+        for channel, _ in channels:
+            await channel.close()
+
+
+@pytest.mark.e2e
+async def test_a_slow_watcher_is_closed_and_a_fast_one_gets_everything(
+    servers: tuple[Stack, Stack, RedisServer],
+) -> None:
+    a, _, _ = servers
+    channel, t = stub(a)
+    # A client that takes almost nothing before its application reads: the server's writes
+    # block at once, and its queue in the Fanout fills.
+    slow_channel, slow_t = stub(
+        a, [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+    )
+    user = "slow-and-fast"
+    fast = slow = None
+    try:
+        (run_id,) = await new_runs(t, user, 1)
+        fast = await Watch.open(t, user, run_id)
+        slow = await Watch.open(slow_t, user, run_id, read=False)
+        closed = metric(a, "neural_watch_overflows_total", action="closed")
+        logged: set[Key] = set()
+        step = 0
+        # One message per flush (10 ms): log until the slow watcher's queue (256) overflowed.
+        # A point a call: the calls of one flush stay well under the 100 points a message
+        # keeps, so the fast watcher has every one.
+        while metric(a, "neural_watch_overflows_total", action="closed") == closed:
+            for _ in range(50):
+                logged |= await log(t, user, run_id, range(step, step + 1), ("loss",))
+                step += 1
+            assert step < 50_000, "the slow watcher was never closed"
+        logged |= await log(t, user, run_id, range(step, step + 1), ("loss",))  # after it
+        expected = Counter(dict.fromkeys(logged, 1))
+        await until_async(lambda: fast.seen == expected, 20, "the fast watcher to get all")
+
+        with pytest.raises(grpc.RpcError) as info:
+            while await slow.call.read() is not grpc.aio.EOF:  # what the transport held
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = info.value.details() or ""
+        assert "fell behind" in details and "GetMetricHistory" in details, details
+        assert fast.seen == expected
+    finally:
+        for w in (fast, slow):
+            if w is not None:
+                w.close()
+        await channel.close()
+        await slow_channel.close()
+
+
+@pytest.mark.e2e
+async def test_events_logged_while_redis_is_away_arrive_when_it_is_back(
+    servers: tuple[Stack, Stack, RedisServer],
+) -> None:
+    a, b, cache = servers
+    channel_a, ta = stub(a)
+    channel_b, tb = stub(b)
+    user = "outage"
+    watch = None
+    try:
+        (run_id,) = await new_runs(ta, user, 1)
+        watch = await Watch.open(tb, user, run_id)  # in the other process than the writer
+        before = await log(ta, user, run_id, range(0, 3))
+        await until_async(lambda: set(watch.seen) == before, 10, "the first points")
+        failures = metric(a, "tracker_event_publish_failures_total")
+
+        cache.stop()
+        during = await log(ta, user, run_id, range(3, 6))  # stored; its event not sent
+        await until_async(
+            lambda: metric(a, "tracker_event_publish_failures_total") > failures,
+            10,
+            "a failed publish to be counted",
+        )
+        assert "run events not published" in a.log("server")
+        cache.start()  # on the same port
+
+        await until_async(lambda: set(watch.seen) == before | during, 20, "the kept events")
+        after = await log(ta, user, run_id, range(6, 9))
+        await until_async(
+            lambda: set(watch.seen) == before | during | after, 10, "events after the outage"
+        )
+    finally:
+        if watch is not None:
+            watch.close()
+        await channel_a.close()
+        await channel_b.close()
