@@ -63,6 +63,7 @@ async def warm(engine: AsyncEngine, store: TrackerStore, service: TrackerService
     # writes nothing
     await store.points.page(NOBODY, "loss", None, 0, 1)
     await store.points.count(NOBODY, "loss")
+    await store.points.summaries(NOBODY, "loss", 8, 0, 0)  # a downsampled history's read
     await store.points.append(NOBODY, Batch((), (), (), ()), [])
     async with service.redis.pipeline(transaction=False) as pipe:
         await pipe.ping().execute()

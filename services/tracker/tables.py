@@ -2,7 +2,8 @@
 
 Metric points are append-only: a trickle as rows keyed by (run, key, step), bulk batches as
 blocks of packed arrays (services/tracker/points/ says why); `tracker_latest_metrics` keeps the
-newest point of each series, so search and listings never scan the history."""
+newest point of each series, so search and listings never scan the history, and
+`tracker_metric_summaries` a few points per bucket of steps, so downsampling never does either."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -108,6 +110,26 @@ metric_blocks = Table(
     Column("metric_values", LargeBinary, nullable=False),
     Column("timestamps", LargeBinary, nullable=False),
     Index("ix_tracker_metric_blocks_run_key_first", "run_id", "key", "first_step"),
+)
+
+# Per series, level and bucket (the steps with the same step >> level): how many points, and
+# the first, last, lowest and highest of them (each its step, value and timestamp), kept up to
+# date by every batch in the batch's own transaction. A downsampled read (M4) reads these rows
+# instead of the points: see points/summaries.py. No foreign key, as for tracker_metrics.
+_ROLES = ("first", "last", "min", "max")
+metric_summaries = Table(
+    "tracker_metric_summaries",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("key", String(250), primary_key=True),
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("bucket", BigInteger, primary_key=True, autoincrement=False),
+    Column("point_count", BigInteger, nullable=False),
+    *(
+        Column(f"{role}_{part}", kind, nullable=False)
+        for role in _ROLES
+        for part, kind in (("step", BigInteger), ("value", Float), ("timestamp", BigInteger))
+    ),
 )
 
 latest_metrics = Table(

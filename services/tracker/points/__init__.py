@@ -12,10 +12,18 @@ which was most of the database's time per batch. A trickle (a point per epoch, s
 row per point in tracker_metrics, where it costs nothing to append. A read merges the two by
 (step, timestamp), loading only the blocks whose step range can reach the page.
 
+A third form serves downsampled reads: per series, rows of tracker_metric_summaries hold, for
+each bucket of 2**L steps at a few levels L, the count and the first, last, lowest and highest
+point, merged into by every batch in its own statement or transaction. A read of max_points
+(M4: each of at most max_points / 4 buckets keeps those four points) merges a level's rows or,
+for a series spanning few steps, reads its points: work in proportion to max_points however
+long the series is.
+
 The modules: `columns` (a series as numpy columns), `batches` (the write side both databases
-share: the newest point per key, the split into rows and packed blocks), `pages` (the read
-side: which blocks a page loads, the merge), `backend` (what a point store does), then one
-store per database, `postgres` and `sqlite`.
+share: the newest point per key, the split into rows and packed blocks), `summaries` (a
+batch's summary rows and the upsert that merges them), `pages` (the read side: which blocks a
+page loads, the merge, the read statements), `downsample` (M4 from points or summaries),
+`backend` (what a point store does), then one store per database, `postgres` and `sqlite`.
 """
 
 from __future__ import annotations

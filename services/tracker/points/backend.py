@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from .batches import Batch, Newest
 from .columns import Columns
+from .downsample import Span, Summaries
 
 
 class UnknownRun(Exception):
     """The run is gone (its latest-metrics row has nowhere to point)."""
 
 
+@dataclass
+class Reads:
+    """Stored rows the store has read so far, by kind: what a read costs, in a form tests can
+    assert on (a block counts as the points it packs)."""
+
+    points: int = 0
+    block_spans: int = 0
+    summaries: int = 0
+
+
 class PointStore(ABC):
-    """Appends batches and reads pages of one series."""
+    """Appends batches (with their summaries) and reads pages and summaries of one series."""
+
+    reads: Reads
 
     @abstractmethod
     async def append(self, run_id: str, batch: Batch, latest: list[Newest]) -> None:
@@ -28,8 +42,16 @@ class PointStore(ABC):
         skipping `skip`."""
 
     @abstractmethod
+    async def span(self, run_id: str, key: str) -> Span:
+        """The series' size and first and last step, from its top-level summaries."""
+
+    @abstractmethod
+    async def summaries(self, run_id: str, key: str, level: int, lo: int, hi: int) -> Summaries:
+        """The series' summaries at `level`, buckets `lo` to `hi`, by bucket."""
+
     async def count(self, run_id: str, key: str) -> int:
         """How many points the series has."""
+        return (await self.span(run_id, key)).count
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -1,14 +1,17 @@
 """The read side shared by both databases: which blocks a page must load, the merge of rows and
-blocks into one ordered page, and the read statements in each driver's parameter style."""
+blocks into one ordered page, the read statements in each driver's parameter style (pages,
+and a series' summaries for downsampling), and summary rows as columns."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .columns import Columns
+from .columns import NONE, STAMP, STEP, VALUE, Columns
+from .downsample import Summaries
+from .summaries import COLUMNS as SUMMARY_COLUMNS
 
 LOWEST = -(2**63)  # "from the first step"
 
@@ -67,10 +70,32 @@ def read_statements(mark: str) -> dict[str, str]:
         "SELECT id, first_step, last_step, point_count FROM tracker_metric_blocks WHERE "
         f"run_id = {run} AND key = {key} AND last_step >= {step} ORDER BY first_step, id"
     )
-    run, key, run2, key2 = marks(4)
-    count = (
-        f"SELECT (SELECT count(*) FROM tracker_metrics WHERE run_id = {run} AND key = {key})"
-        " + (SELECT coalesce(sum(point_count), 0) FROM tracker_metric_blocks WHERE "
-        f"run_id = {run2} AND key = {key2})"
+    run, key, level = marks(3)
+    span = (
+        "SELECT count(*), coalesce(sum(point_count), 0), coalesce(min(first_step), 0), "
+        f"coalesce(max(last_step), 0) FROM tracker_metric_summaries WHERE run_id = {run} "
+        f"AND key = {key} AND level = {level}"
     )
-    return {"rows": rows, "spans": spans, "count": count}
+    run, key, level, lo, hi = marks(5)
+    summaries = (
+        f"SELECT bucket, {', '.join(SUMMARY_COLUMNS[4:])} FROM tracker_metric_summaries "
+        f"WHERE run_id = {run} AND key = {key} AND level = {level} AND bucket >= {lo} "
+        f"AND bucket <= {hi} ORDER BY bucket"
+    )
+    return {"rows": rows, "spans": spans, "span": span, "summaries": summaries}
+
+
+def summaries_of(rows: Sequence[Sequence[Any]]) -> Summaries:
+    """Summary rows as read by the "summaries" statement, as columns."""
+    if not rows:
+        return Summaries(np.empty(0, STEP), NONE, NONE, NONE, NONE)
+    columns = list(zip(*rows, strict=True))
+    roles = [
+        Columns(
+            np.array(columns[i], STEP),
+            np.array(columns[i + 1], VALUE),
+            np.array(columns[i + 2], STAMP),
+        )
+        for i in (1, 4, 7, 10)
+    ]
+    return Summaries(np.array(columns[0], STEP), *roles)

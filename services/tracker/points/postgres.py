@@ -10,21 +10,28 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import URL
 
-from .backend import PointStore, UnknownRun
+from .backend import PointStore, Reads, UnknownRun
 from .batches import Batch, Newest, split
 from .columns import Columns
-from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements
+from .downsample import Span, Summaries
+from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements, summaries_of
+from .summaries import COLUMNS as SUMMARY_COLUMNS
+from .summaries import LEVELS, UPSERT_SET, summarize
 
 POOL_SIZE = 8
-# One statement per batch, atomic on its own: the blocks, the trickle, and the latest upsert.
-# The upsert's foreign key checks the run once per batch; tracker_metrics and the blocks
-# have none, which would check it for every point or block.
+# One statement per batch, atomic on its own: the blocks, the trickle, the summaries and the
+# latest upsert. The upsert's foreign key checks the run once per batch; tracker_metrics, the
+# blocks and the summaries have none, which would check it for every point or row.
+_TYPES = ("text", "smallint", "bigint", "bigint", *("bigint", "float8", "bigint") * 4)
+_UNNEST = ", ".join(f"${17 + i}::{t}[]" for i, t in enumerate(_TYPES))
 APPEND = (
     "WITH blocks AS (INSERT INTO tracker_metric_blocks (run_id, key, first_step, last_step, "
     "point_count, steps, metric_values, timestamps) SELECT $1, * FROM unnest($2::text[], "
     "$3::bigint[], $4::bigint[], $5::int[], $6::bytea[], $7::bytea[], $8::bytea[])), "
     "points AS (INSERT INTO tracker_metrics (run_id, key, step, value, timestamp) "
-    "SELECT $1, * FROM unnest($9::text[], $10::bigint[], $11::float8[], $12::bigint[])) "
+    "SELECT $1, * FROM unnest($9::text[], $10::bigint[], $11::float8[], $12::bigint[])), "
+    f"summaries AS (INSERT INTO tracker_metric_summaries (run_id, {', '.join(SUMMARY_COLUMNS)}) "
+    f"SELECT $1, * FROM unnest({_UNNEST}) {UPSERT_SET}) "
     "INSERT INTO tracker_latest_metrics AS latest (run_id, key, step, value, timestamp) "
     "SELECT $1, * FROM unnest($13::text[], $14::bigint[], $15::float8[], $16::bigint[]) "
     "ON CONFLICT (run_id, key) DO UPDATE "
@@ -42,7 +49,10 @@ BLOCKS = (
 # default); it never corrupts or half-applies a batch. The flush costs more than the rest
 # of a one-point LogMetrics call. The embedded SQLite makes the same trade (synchronous=
 # NORMAL: see service_kit.db).
-SERVER_SETTINGS = {"synchronous_commit": "off"}
+SERVER_SETTINGS = {
+    "synchronous_commit": "off",
+    "application_name": "neural-tracker-points",  # told apart in pg_stat_activity
+}
 
 
 def _columns(items: Sequence[Sequence[Any]], width: int) -> list[Sequence[Any]]:
@@ -59,6 +69,7 @@ class PostgresPoints(PointStore):
         self.url = url
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self.reads = Reads()
 
     async def _connections(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -80,7 +91,7 @@ class PostgresPoints(PointStore):
 
     async def append(self, run_id: str, batch: Batch, latest: list[Newest]) -> None:
         trickle, blocks = split(batch)
-        args = (run_id, *_columns(blocks, 7), *trickle, *_columns(latest, 4))
+        args = (run_id, *_columns(blocks, 7), *trickle, *_columns(latest, 4), *summarize(batch))
         pool = await self._connections()
         try:
             async with pool.acquire() as conn:
@@ -99,12 +110,23 @@ class PostgresPoints(PointStore):
             spans = [BlockSpan(*s) for s in await conn.fetch(READ["spans"], run_id, key, lo)]
             ids = blocks_to_read(spans, rows, want, lo)
             blocks = [Columns.unpack(*b) for b in await conn.fetch(BLOCKS, ids)] if ids else []
+        self.reads.points += len(rows) + sum(len(b) for b in blocks)
+        self.reads.block_spans += len(spans)
         return merge(rows, blocks, lo, skip, limit)
 
-    async def count(self, run_id: str, key: str) -> int:
+    async def span(self, run_id: str, key: str) -> Span:
         pool = await self._connections()
         async with pool.acquire() as conn:
-            return int(await conn.fetchval(READ["count"], run_id, key, run_id, key))
+            rows, *span = await conn.fetchrow(READ["span"], run_id, key, LEVELS[-1])
+        self.reads.summaries += rows
+        return Span(*(int(x) for x in span))  # sum() of bigints is a numeric: a Decimal here
+
+    async def summaries(self, run_id: str, key: str, level: int, lo: int, hi: int) -> Summaries:
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(READ["summaries"], run_id, key, level, lo, hi)
+        self.reads.summaries += len(rows)
+        return summaries_of(rows)
 
     async def close(self) -> None:
         if self._pool is not None:

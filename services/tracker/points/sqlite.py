@@ -11,10 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import URL
 
-from .backend import PointStore, UnknownRun
+from .backend import PointStore, Reads, UnknownRun
 from .batches import Batch, Newest, split
 from .columns import Columns
-from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements
+from .downsample import Span, Summaries
+from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements, summaries_of
+from .summaries import COLUMNS as SUMMARY_COLUMNS
+from .summaries import LEVELS, UPSERT_SET, summarize
 
 MAX_ROWS = 1000  # trickle points per insert statement
 BLOCK = (
@@ -26,6 +29,10 @@ LATEST = (
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE "
     "SET step = excluded.step, value = excluded.value, timestamp = excluded.timestamp "
     "WHERE excluded.step >= tracker_latest_metrics.step"
+)
+SUMMARIES = (
+    f"INSERT INTO tracker_metric_summaries (run_id, {', '.join(SUMMARY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (1 + len(SUMMARY_COLUMNS)))}) {UPSERT_SET}"
 )
 READ = read_statements("?")
 
@@ -56,6 +63,7 @@ class SqlitePoints(PointStore):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tracker-sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="tracker-sqlite-reader")
         self._local = threading.local()
+        self.reads = Reads()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -71,6 +79,7 @@ class SqlitePoints(PointStore):
     def _append(self, run_id: str, batch: Batch, latest: list[Newest]) -> None:
         conn = self._conn()
         trickle, blocks = split(batch)
+        summaries = [(run_id, *row) for row in zip(*summarize(batch), strict=True)]
         # key, step, value, timestamp of each point, in as few statements as the database's
         # limit on parameters allows
         flat = list(itertools.chain.from_iterable(zip(*trickle, strict=True)))
@@ -81,6 +90,7 @@ class SqlitePoints(PointStore):
             for at in range(0, len(flat), per):
                 part = flat[at : at + per]
                 conn.execute(insert_rows(len(part) // 4), [run_id, *part])
+            conn.executemany(SUMMARIES, summaries)
             conn.executemany(LATEST, [(run_id, *n) for n in latest])
         except BaseException:
             conn.execute("ROLLBACK")
@@ -109,6 +119,8 @@ class SqlitePoints(PointStore):
             for at in range(0, len(ids), per)
             for b in conn.execute(select_blocks(len(ids[at : at + per])), ids[at : at + per])
         ]
+        self.reads.points += len(rows) + sum(len(b) for b in blocks)
+        self.reads.block_spans += len(spans)
         return merge(rows, blocks, lo, skip, limit)
 
     async def page(
@@ -119,12 +131,24 @@ class SqlitePoints(PointStore):
             self._reader, self._page, run_id, key, lo, skip, limit
         )
 
-    def _count(self, run_id: str, key: str) -> int:
-        return int(self._conn().execute(READ["count"], (run_id, key, run_id, key)).fetchone()[0])
+    def _span(self, run_id: str, key: str) -> Span:
+        rows, *span = self._conn().execute(READ["span"], (run_id, key, LEVELS[-1])).fetchone()
+        self.reads.summaries += rows
+        return Span(*span)
 
-    async def count(self, run_id: str, key: str) -> int:
+    async def span(self, run_id: str, key: str) -> Span:
         return await asyncio.get_running_loop().run_in_executor(
-            self._reader, self._count, run_id, key
+            self._reader, self._span, run_id, key
+        )
+
+    def _summaries(self, run_id: str, key: str, level: int, lo: int, hi: int) -> Summaries:
+        rows = self._conn().execute(READ["summaries"], (run_id, key, level, lo, hi)).fetchall()
+        self.reads.summaries += len(rows)
+        return summaries_of(rows)
+
+    async def summaries(self, run_id: str, key: str, level: int, lo: int, hi: int) -> Summaries:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._summaries, run_id, key, level, lo, hi
         )
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from ..tables import (
     experiments,
     latest_metrics,
     metric_blocks,
+    metric_summaries,
     metrics,
     params,
     runs,
@@ -146,7 +147,15 @@ class Experiments:
                     )
                 ).all()
             ]
-            for table in (metrics, metric_blocks, latest_metrics, params, tags, artifacts):
+            for table in (
+                metrics,
+                metric_blocks,
+                metric_summaries,
+                latest_metrics,
+                params,
+                tags,
+                artifacts,
+            ):
                 await s.execute(
                     delete(table).where(
                         table.c.run_id.in_(select(runs.c.id).where(runs.c.experiment_id == exp_id))

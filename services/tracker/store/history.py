@@ -3,7 +3,6 @@ series of many runs for comparisons and plots."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -12,13 +11,14 @@ from service_kit import pagination
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..points import downsample
 from ..points.backend import PointStore
-from ..points.columns import Columns
+from ..points.columns import NONE, Columns
+from ..points.downsample import Span
 from ..tables import latest_metrics
 from .common import MAX_ENTRIES, at_most
 from .runs import Runs
 
-SAMPLE_READ = 100_000  # points read at a time to downsample a series
 # Page tokens: a metric history's (mode, last step sent, points at that step already sent or
 # the offset into the sample).
 TOKEN = "tracker_metric_history"
@@ -56,8 +56,9 @@ class History:
     async def page(
         self, run_id: str, owner: str | None, key: str, max_points: int, size: int, token: str
     ) -> Series:
-        """A series ordered by step; with max_points, about that many points spread evenly over
-        the steps (first and last kept)."""
+        """A series ordered by step; with max_points, when the series is longer, at most that
+        many points (4 when it is below 4): M4 downsampling, each bucket of steps' first,
+        lowest, highest and last point."""
         size = pagination.page_size(size, 1000, 10_000)
         # The token says how the first page was read (sampled or not), so a series that grows
         # past max_points while it is being paged keeps the way it started.
@@ -82,36 +83,34 @@ class History:
     async def _sample(
         self, run_id: str, key: str, max_points: int, size: int, offset: int, context: Any
     ) -> Series | None:
-        """Every k-th point in (step, timestamp) order, and the last, when the series is
-        longer than max_points; pages are offsets into that sample, which max_points keeps
-        small. None when the whole series fits the first page. The series is read
-        SAMPLE_READ points at a time, so memory stays bounded however long it is."""
-        total = await self.points.count(run_id, key)
-        if total <= max_points and not offset:
+        """The series downsampled by M4 (points/downsample.py) when it is longer than
+        max_points; pages are offsets into that sample, which max_points keeps small. None when
+        the whole series fits the first page. The work is in proportion to max_points, not to
+        the series: summaries, or the points of a series spanning few steps."""
+        span = await self.points.span(run_id, key)
+        if span.count <= max_points and not offset:
             return None
-        every = math.ceil(total / max_points)
-        kept: list[Columns] = []
-        last: Columns | None = None
-        seen, from_step, skip = 0, None, 0
-        while True:
-            got = await self.points.page(run_id, key, from_step, skip, SAMPLE_READ)
-            at = np.arange(seen, seen + len(got))
-            kept.append(Columns(*(column[at % every == 0] for column in got)))
-            seen += len(got)
-            if len(got):
-                last = Columns(*(column[-1:] for column in got))
-            if len(got) < SAMPLE_READ:
-                break
-            from_step, skip = _after(got, from_step, skip)
-        if last is not None and (seen - 1) % every:  # the last point, always
-            kept.append(last)
-        sample = [np.concatenate(c) for c in zip(*kept, strict=True)]
-        more = offset + size < len(sample[0])
+        sample = await self._m4(run_id, key, max_points, span)
+        more = offset + size < len(sample)
         return Series(
             *(column[offset : offset + size] for column in sample),
             pagination.encode(TOKEN, ("sample", 0, offset + size), context) if more else "",
             True,
         )
+
+    async def _m4(self, run_id: str, key: str, max_points: int, span: Span) -> Columns:
+        if not span.count:
+            return NONE
+        shift, level = downsample.plan(span, max_points)
+        if level is None:
+            # Points arriving meanwhile may reach past the span: the plan's buckets end there.
+            limit = downsample.RAW_PER_BUCKET * downsample.buckets_for(max_points)
+            got = await self.points.page(run_id, key, span.first_step, 0, limit)
+            keep = got.steps <= span.last_step
+            return downsample.of_points(Columns(*(c[keep] for c in got)), shift)
+        lo, hi = span.first_step >> level, span.last_step >> level
+        rows = await self.points.summaries(run_id, key, level, lo, hi)
+        return downsample.of_summaries(rows, shift, level)
 
     async def series(
         self, run_ids: Sequence[str], keys: Sequence[str], limit: int = 200_000
