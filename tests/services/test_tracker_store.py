@@ -130,6 +130,20 @@ async def test_points_for_a_run_that_is_gone_are_refused_whole(db_url: str) -> N
     await s.close()
 
 
+async def test_history_of_a_run_purged_past_a_stale_owner_cache_is_not_found(db_url: str) -> None:
+    """Another tracker process purged the run: this one's cached owner says it exists, the
+    empty read asks the database, and the caller hears NOT_FOUND, not an empty series."""
+    s = await store_for(db_url)
+    s.runs.owner_of["gone"] = "alice"
+    for max_points in (0, 500):
+        with pytest.raises(NotFound):
+            await s.history.page("gone", "alice", "loss", max_points, 100, "")
+    exp = await s.experiments.create("alice", "e")
+    run = await s.runs.create(exp.id, "alice", "r")  # a run with no points: an empty series
+    assert len((await s.history.page(run.id, "alice", "loss", 0, 100, "")).steps) == 0
+    await s.close()
+
+
 async def test_a_batch_over_several_insert_statements_is_stored_whole(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,6 +75,10 @@ class History:
         from_step, skip = (None, 0) if cursor is None else (cursor[1], cursor[2])
         got = await self.points.page(run_id, key, from_step, skip, size + 1)
         if len(got) <= size:
+            if not len(got) and cursor is None:
+                # Nothing stored: the run may be gone, purged through another tracker process
+                # since this one cached its owner (runs.check): say so rather than "empty".
+                await self.runs.get(run_id, owner)
             return Series(*got, "", False)
         page = Columns(*(column[:size] for column in got))
         after = _after(page, from_step, skip)
