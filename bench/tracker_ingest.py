@@ -21,7 +21,8 @@ process's CPU time. The client calls the tracker as the gateway would, with an i
 token (x-neural-principal) signed by a keypair of this run's own; Redis is NEURAL_REDIS_URL,
 else 127.0.0.1:6379 db 12.
 
-    .venv/bin/python bench/tracker_ingest.py [--points N]
+    .venv/bin/python bench/tracker_ingest.py [--points N] [--million]
+    .venv/bin/python bench/tracker_ingest.py --scale   # bench/tracker_scale.py: at scale
 """
 
 from __future__ import annotations
@@ -475,7 +476,22 @@ def main() -> int:
         action="store_true",
         help="also load 1,000,000 points and time history and search on them",
     )
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the scale run (bench/tracker_scale.py): downsampled history on series of "
+        "10k to 10M points, and reads with 1, 2 and 4 tracker processes, on PostgreSQL",
+    )
     args = ap.parse_args()
+    if args.scale:
+        import tracker_scale
+
+        name, dsn = asyncio.run(pg_database())
+        try:
+            tracker_scale.run(dsn.replace("postgresql://", "postgresql+asyncpg://"))
+        finally:
+            asyncio.run(drop(name))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="neural-tracker-sqlite-"))
     sqlite = run_backend(
         "sqlite", f"sqlite+aiosqlite:///{tmp / 'bench.db'}", args.points, args.million

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-import redis
 import redis.asyncio as aioredis
 from neural.v1 import tracker_pb2, tracker_pb2_grpc
 from prometheus_client import REGISTRY
@@ -25,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_kit.fanout import Fanout, FellBehind, Watcher
 
 from tests import tokens
-from tests.services.conftest import create_pg_database, drop_pg_database, free_port, redis_url
+from tests.services.conftest import create_pg_database, drop_pg_database, redis_url
+from tests.services.local_redis import LocalRedis
 from tests.services.stack import Stack, make_stack
-from tests.waiting import until, until_async
+from tests.waiting import until_async
 
 # The Watcher alone, then the Fanout on the real Redis, then two tracker servers.
 
@@ -95,46 +93,11 @@ async def test_a_watch_starts_subscribed_and_a_slow_watcher_does_not_slow_a_fast
 Key = tuple[str, int]  # a metric point as a watcher counts it: (key, step)
 
 
-class RedisServer:
-    """A redis-server process on a port of its own, to stop and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
-            cwd=self.folder,
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        until(lambda: self._answers(client), 10, "redis-server to answer")
-
-    @staticmethod
-    def _answers(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack, RedisServer]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack, LocalRedis]]:
     """Two tracker processes (A and B) on one database and one Redis."""
     tmp = tmp_path_factory.mktemp("tracker-watchers")
-    cache = RedisServer(tmp)
+    cache = LocalRedis(tmp)
     cache.start()
     name, url = asyncio.run(create_pg_database())
     stacks: list[Stack] = []
@@ -239,7 +202,7 @@ def stub(stack: Stack, options: list[tuple[str, int]] | None = None) -> tuple:
 
 @pytest.mark.e2e
 async def test_300_watchers_across_users_and_processes_get_every_event(
-    servers: tuple[Stack, Stack, RedisServer],
+    servers: tuple[Stack, Stack, LocalRedis],
 ) -> None:
     a, b, _ = servers
     users = [f"watcher-{n}" for n in range(15)]  # 20 watches each: the default cap
@@ -298,7 +261,7 @@ async def test_300_watchers_across_users_and_processes_get_every_event(
 
 @pytest.mark.e2e
 async def test_a_slow_watcher_is_closed_and_a_fast_one_gets_everything(
-    servers: tuple[Stack, Stack, RedisServer],
+    servers: tuple[Stack, Stack, LocalRedis],
 ) -> None:
     a, _, _ = servers
     channel, t = stub(a)
@@ -345,7 +308,7 @@ async def test_a_slow_watcher_is_closed_and_a_fast_one_gets_everything(
 
 @pytest.mark.e2e
 async def test_events_logged_while_redis_is_away_arrive_when_it_is_back(
-    servers: tuple[Stack, Stack, RedisServer],
+    servers: tuple[Stack, Stack, LocalRedis],
 ) -> None:
     a, b, cache = servers
     channel_a, ta = stub(a)
