@@ -41,6 +41,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import mlflow_server
 from ports import free_port, wait_port
 from principal import keypair, metadata
 
@@ -403,38 +404,14 @@ def show(label: str, r: dict[str, float]) -> None:
 def mlflow_baseline(points: int, async_points: int) -> dict[str, Any] | None:
     """The same workload against `mlflow server` with a SQLite backend, and the logging loop
     with MLflow's asynchronous logging (under "async"); None without MLflow."""
-    if (
-        not BENCH_PY.exists()
-        or subprocess.run([str(BENCH_PY), "-c", "import mlflow"], capture_output=True).returncode
-    ):
+    if not mlflow_server.installed():
         return None
     import json
 
-    tmp = Path(tempfile.mkdtemp(prefix="neural-mlflow-"))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(BENCH_PY.parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(tmp / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, 120)
+    with mlflow_server.mlflow_server() as uri:
         time.sleep(2)
         proc = subprocess.run(
-            [str(BENCH_PY), "-c", MLFLOW_CLIENT, f"http://127.0.0.1:{port}", str(points), "10000"],
+            [str(BENCH_PY), "-c", MLFLOW_CLIENT, uri, str(points), "10000"],
             capture_output=True,
             text=True,
             timeout=1800,
@@ -450,7 +427,7 @@ def mlflow_baseline(points: int, async_points: int) -> dict[str, Any] | None:
                     str(BENCH_PY),
                     "-c",
                     MLFLOW_ASYNC,
-                    f"http://127.0.0.1:{port}",
+                    uri,
                     str(count),
                     str(Path(__file__).resolve().parent),
                     str(repeats),
@@ -463,9 +440,6 @@ def mlflow_baseline(points: int, async_points: int) -> dict[str, Any] | None:
             )
             out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
         return out
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def main() -> int:

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import mlflow_server
 from ports import free_port, wait_port
 from principal import keypair, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+BENCH_PY = mlflow_server.BENCH_PY
 SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 MAX_POINTS = 500
 READS = 7  # timed reads per series (the median is printed), after WARM ones
@@ -229,46 +230,21 @@ async def downsampled_reads(tracker: Tracker) -> list[dict[str, float]]:
 def mlflow_history(points: int) -> float | None:
     """MLflow's full history read of the same series (seconds), None when it cannot hold it
     in MLFLOW_LIMIT_S or is not installed."""
-    if not BENCH_PY.exists():
+    if not mlflow_server.installed():
         return None
-    tmp = Path(tempfile.mkdtemp(prefix="mlflow-scale-"))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(BENCH_PY),
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(tmp / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, timeout=120)
-        proc = subprocess.run(
-            [str(BENCH_PY), "-c", MLFLOW_HISTORY, f"http://127.0.0.1:{port}", str(points)],
-            capture_output=True,
-            text=True,
-            timeout=MLFLOW_LIMIT_S,
-        )
-        if proc.returncode:
+    with mlflow_server.mlflow_server() as uri:
+        try:
+            proc = subprocess.run(
+                [str(BENCH_PY), "-c", MLFLOW_HISTORY, uri, str(points)],
+                capture_output=True,
+                text=True,
+                timeout=MLFLOW_LIMIT_S,
+            )
+        except subprocess.TimeoutExpired:
             return None
-        return float(json.loads(proc.stdout.strip().splitlines()[-1])["history_s"])
-    except subprocess.TimeoutExpired:
+    if proc.returncode:
         return None
-    finally:
-        server.terminate()
-        server.wait(30)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["history_s"])
 
 
 def _reader(
