@@ -11,10 +11,16 @@ CLIENTS_STAMP := $(CLIENTS)/.installed
 OPENAPI := gateway/openapi.json
 DOCS := gateway/docs/index.html
 PROTOS := $(wildcard protos/neural/v1/*.proto)
+# The web console (web/): its npm packages (stamp in node_modules: `npm ci` starts by removing
+# it) and its build, which Envoy serves at / (gateway/console.py).
+WEB_DEPS := web/node_modules/.installed
+WEB_BUILD := web/dist/index.html
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) \
+	$(wildcard web/index.html web/vite.config.ts web/tsconfig*.json)
 
 .PHONY: setup test test-fast lint bench bench-deps clean run demo diagram
 
-setup: $(STAMP) $(STUBS) $(OIP_STUBS) $(DSL_PARSER) $(CLIENTS_STAMP) $(OPENAPI) $(DOCS)
+setup: $(STAMP) $(STUBS) $(OIP_STUBS) $(DSL_PARSER) $(CLIENTS_STAMP) $(OPENAPI) $(DOCS) $(WEB_BUILD)
 
 # Re-runs only when the dependency lists change, so `make setup` is cheap and idempotent.
 $(STAMP): requirements.txt pyproject.toml libs/*/pyproject.toml
@@ -74,15 +80,33 @@ $(OPENAPI): $(STUBS) gateway/openapi.py
 $(DOCS): $(STAMP) gateway/docs.py
 	$(PY) -m gateway.docs gateway/docs
 
+# The console's packages exactly as web/package-lock.json pins them (nodejs and npm from apt
+# when missing; Vite needs Node 20.19 or later, which Debian 12's own nodejs is not: a
+# NodeSource package then), then its build (type check, then Vite) into web/dist; the gateway
+# lists web/dist's files when its configuration is rendered, so `make run` serves a new build.
+$(WEB_DEPS): web/package-lock.json web/package.json
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a * 100 + b < 2019 ? 1 : 0)' \
+		|| (echo "web/ needs Node >= 20.19, found $$(node --version)" >&2; exit 1)
+	npm --prefix web ci --no-audit --no-fund --loglevel=error
+	touch $(WEB_DEPS)
+
+$(WEB_BUILD): $(WEB_DEPS) $(WEB_SOURCES)
+	npm --prefix web run build
+	touch $(WEB_BUILD)
+
 lint: setup
 	$(VENV)/bin/ruff check libs services scripts tests bench gateway
 	$(VENV)/bin/ruff format --check libs services scripts tests bench gateway
 
 test: lint
+	npm --prefix web test
 	$(PY) -m pytest
 
-# The unit tests alone (no database, Redis or server process): a quick check while editing.
+# The unit tests alone (no database, Redis, server process or browser), the console's (vitest)
+# included: a quick check while editing.
 test-fast: setup
+	npm --prefix web test
 	$(PY) -m pytest -m unit
 
 bench: setup
@@ -121,3 +145,4 @@ diagram:
 
 clean:
 	rm -rf $(VENV) .venv-bench $(CLIENTS) .pytest_cache .ruff_cache .hypothesis
+	rm -rf web/node_modules web/dist

@@ -3,10 +3,9 @@
 The UI comes from the pinned PyPI package `swagger-ui-bundle` (no CDN: the page must work with
 no internet). `python -m gateway.docs [DIR]` (run by `make setup`) copies its assets and our
 page into gateway/docs/; `routes()` gives the Envoy routes that answer /docs, its assets and
-/openapi.json with `direct_response` bodies read from those files when Envoy loads its config,
-so no extra process serves them. Envoy caps a direct response body at
-`max_direct_response_body_size_bytes` of the route configuration: set it to
-`MAX_DIRECT_RESPONSE_BODY_BYTES`, which `install` checks every file fits.
+/openapi.json with `direct_response` bodies read from those files when Envoy loads its config
+(gateway/static_routes.py, shared with the web console's routes), so no extra process serves
+them; `install` checks every file fits Envoy's cap on such a body.
 """
 
 from __future__ import annotations
@@ -19,19 +18,13 @@ from typing import Any
 
 from swagger_ui_bundle import swagger_ui_path
 
+from gateway import static_routes
+
 GATEWAY_DIR = Path(__file__).resolve().parent
 DEFAULT_DOCS_DIR = GATEWAY_DIR / "docs"
 DEFAULT_OPENAPI_FILE = GATEWAY_DIR / "openapi.json"
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
-# The minified bundle is about 1 MiB; room for a newer release without touching Envoy's config.
-MAX_DIRECT_RESPONSE_BODY_BYTES = 4 * 1024 * 1024
-# Filters that must not run for these public, static answers: no credentials are needed to read
-# the documentation, and they are not gRPC methods for the transcoder to map.
-SKIPPED_FILTERS = (
-    "envoy.filters.http.ext_authz",
-    "envoy.filters.http.grpc_json_transcoder",
-)
 
 # What the page needs from the distribution: the standalone bundle and its stylesheet.
 ASSETS = {
@@ -82,35 +75,8 @@ def install(docs_dir: Path = DEFAULT_DOCS_DIR) -> list[Path]:
     index.write_text(_PAGE)
     written.append(index)
     for path in written:
-        size = path.stat().st_size
-        if size > MAX_DIRECT_RESPONSE_BODY_BYTES:
-            raise ValueError(f"{path} is {size} bytes, over Envoy's direct response cap")
+        static_routes.check_size(path)
     return written
-
-
-def _skip_filters() -> dict[str, Any]:
-    return {
-        name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
-        for name in SKIPPED_FILTERS
-    }
-
-
-def _file_route(match: dict[str, str], filename: Path, content_type: str) -> dict[str, Any]:
-    return {
-        "match": match,
-        "direct_response": {"status": 200, "body": {"filename": str(filename)}},
-        "response_headers_to_add": [
-            {
-                "header": {"key": "content-type", "value": content_type},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            },
-            {
-                "header": {"key": "cache-control", "value": "no-cache"},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            },
-        ],
-        "typed_per_filter_config": _skip_filters(),
-    }
 
 
 def routes(
@@ -119,13 +85,16 @@ def routes(
     """Envoy routes (v3 Route, as YAML/JSON-ready dicts) for /openapi.json, /docs and its
     assets; put them before the API's routes in the virtual host. `docs_dir` and
     `openapi_file` are the paths where Envoy runs (they differ in a container)."""
+    html = "text/html; charset=utf-8"
     result = [
-        _file_route({"path": OPENAPI_PATH}, openapi_file, "application/json"),
-        _file_route({"path": DOCS_PATH}, docs_dir / INDEX, "text/html; charset=utf-8"),
-        _file_route({"path": f"{DOCS_PATH}/"}, docs_dir / INDEX, "text/html; charset=utf-8"),
+        static_routes.file_route(OPENAPI_PATH, openapi_file, "application/json"),
+        static_routes.file_route(DOCS_PATH, docs_dir / INDEX, html),
+        static_routes.file_route(f"{DOCS_PATH}/", docs_dir / INDEX, html),
     ]
     for name, content_type in ASSETS.items():
-        result.append(_file_route({"path": f"{DOCS_PATH}/{name}"}, docs_dir / name, content_type))
+        result.append(
+            static_routes.file_route(f"{DOCS_PATH}/{name}", docs_dir / name, content_type)
+        )
     return result
 
 

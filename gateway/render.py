@@ -13,9 +13,11 @@ into its `${...}` placeholders (and the rate limiter's failure mode, a setting):
 In both, the deployments' cluster file is in NEURAL_ENVOY_DYNAMIC_DIR, by default
 /var/run/neural/envoy-dynamic, a volume the deployer's controller shares.
 
-The documentation's routes (/openapi.json, /docs: files Envoy answers itself) come from
-gateway.docs and are put first in the route table. File paths in the result are relative to
-the repository root, where Envoy runs (the image's working directory in a container).
+The documentation's routes (/openapi.json, /docs) and the web console's (`/`, `/index.html`,
+`/assets/...`), files Envoy answers itself, come from gateway.docs and gateway.console and are
+put first in the route table. File paths in the result are relative to the repository root,
+where Envoy runs (the image's working directory in a container); the console's files are
+listed from web/dist at rendering, so a new build is served from the next `make run`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import yaml
 from service_kit.settings import DEFAULT_PORTS
 
-from gateway import docs
+from gateway import console, docs, static_routes
 
 TEMPLATE = Path(__file__).resolve().parent / "envoy.yaml"
 TARGETS = ("local", "compose", "kubernetes")
@@ -127,8 +129,13 @@ def ensure_dynamic_dir(folder: Path) -> None:
         tmp.replace(clusters)
 
 
-def render(target: str, env: Mapping[str, str], namespace: str = DEFAULT_NAMESPACE) -> str:
-    """Envoy's configuration (YAML) for `target`."""
+def render(
+    target: str,
+    env: Mapping[str, str],
+    namespace: str = DEFAULT_NAMESPACE,
+    console_dir: Path = console.DIST_DIR,
+) -> str:
+    """Envoy's configuration (YAML) for `target`; the console's files from `console_dir`."""
     try:
         text = string.Template(TEMPLATE.read_text()).substitute(values(target, env, namespace))
     except KeyError as e:  # a placeholder the template gained without a value here
@@ -136,9 +143,14 @@ def render(target: str, env: Mapping[str, str], namespace: str = DEFAULT_NAMESPA
     config: dict[str, Any] = yaml.safe_load(text)
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     route_config = manager["typed_config"]["route_config"]
-    route_config["max_direct_response_body_size_bytes"] = docs.MAX_DIRECT_RESPONSE_BODY_BYTES
+    cap = static_routes.MAX_DIRECT_RESPONSE_BODY_BYTES
+    route_config["max_direct_response_body_size_bytes"] = cap
     host = route_config["virtual_hosts"][0]
-    host["routes"] = docs.routes(DOCS_DIR, OPENAPI_FILE) + host["routes"]
+    try:
+        files = docs.routes(DOCS_DIR, OPENAPI_FILE) + console.routes(console_dir)
+    except ValueError as e:  # a console file over Envoy's cap
+        raise RenderError(str(e)) from None
+    host["routes"] = files + host["routes"]
     return yaml.safe_dump(config, sort_keys=False, width=100)
 
 

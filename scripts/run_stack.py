@@ -2,12 +2,12 @@
 
 Starts a local Redis (when NEURAL_REDIS_URL is unset), the gateway's own services (authz and
 rate limit), every service built so far and its Dramatiq worker, and last Envoy, the gateway
-(127.0.0.1:NEURAL_GATEWAY_PORT, 8080), on gateway/envoy.yaml rendered for these addresses
-into the data folder. Data lives under NEURAL_DATA_DIR (default .run/): a SQLite database
-unless NEURAL_DATABASE_URL is set, the artifact storage, the authz service's signing keys
-(keys/), each process's log, and `stack.json`, which says where this stack listens (its
-addresses, Redis and database) for as long as it runs; `make demo` finds the stack through
-that file only.
+(127.0.0.1:NEURAL_GATEWAY_PORT, 8080; the web console at its `/`), on gateway/envoy.yaml
+rendered for these addresses into the data folder. Data lives under NEURAL_DATA_DIR (default
+.run/): a SQLite database unless NEURAL_DATABASE_URL is set, the artifact storage, the authz
+service's signing keys (keys/), each process's log, and `stack.json`, which says where this
+stack listens (its addresses, Redis and database) for as long as it runs; `make demo` finds
+the stack through that file only.
 
 The tracker runs as a group of NEURAL_TRACKER_PROCESSES server processes on its port (2 by
 default here; service_kit.process_group): the group's parent is the process supervised, and
@@ -411,6 +411,13 @@ def main() -> int:
         print(
             f"  gateway    http://127.0.0.1:{gateway_port} (REST, gRPC, gRPC-Web; "
             f"docs at /docs)   admin http://127.0.0.1:{admin_port} (this machine only)"
+        )
+        # Envoy serves the console's build (gateway/console.py), or a page saying to build it.
+        built = (ROOT / "web" / "dist" / "index.html").is_file()
+        print(
+            f"  console    http://127.0.0.1:{gateway_port}/ (the web console: sign in with a key)"
+            if built
+            else f"  console    http://127.0.0.1:{gateway_port}/ (not built: run `make setup`)"
         )
         print("\n".join(endpoints))
         print(f"  workers    metrics http://127.0.0.1:{env['dramatiq_prom_port']}/metrics")

@@ -185,6 +185,8 @@ def test_credentials_are_asked_everywhere_but_on_public_paths() -> None:
         "/openapi.json",
         "/docs",
         "/docs/swagger-ui-bundle.js",
+        "/",  # the web console, built or not
+        "/index.html",
     ]
     for path in public:
         skip = first_route(cfg, path).get("typed_per_filter_config", {}).get(EXT_AUTHZ, {})

@@ -1,0 +1,68 @@
+// The run table's columns and order: pure functions, so the page only draws.
+
+import type { Run } from "./api";
+
+/** A column id, as SearchRuns' order_by and filter name it: name, params.lr, metrics.loss. */
+export type Column = string;
+
+export interface Sort {
+  column: Column;
+  descending: boolean;
+}
+
+/** name and status, then every param and metric key the runs have, each group sorted. */
+export function columnsOf(runs: Run[]): Column[] {
+  const params = new Set<string>();
+  const metrics = new Set<string>();
+  for (const run of runs) {
+    Object.keys(run.params ?? {}).forEach((k) => params.add(k));
+    (run.latest_metrics ?? []).forEach((m) => metrics.add(m.key));
+  }
+  const sorted = (s: Set<string>) => [...s].sort();
+  return [
+    "name",
+    "status",
+    ...sorted(params).map((k) => `params.${k}`),
+    ...sorted(metrics).map((k) => `metrics.${k}`),
+  ];
+}
+
+/** order_by's KEY: a key that is not a plain word is backquoted, as the filter language reads it. */
+function orderKey(column: Column): string {
+  const dot = column.indexOf(".");
+  if (dot < 0) return column;
+  const key = column.slice(dot + 1);
+  return /^[A-Za-z0-9_\-/:]+$/.test(key) ? column : `${column.slice(0, dot)}.\`${key}\``;
+}
+
+/** SearchRuns' order_by for a sort; the server's default (newest first) when none. */
+export function orderBy(sort: Sort | null): string[] {
+  if (!sort) return [];
+  return [`${orderKey(sort.column)} ${sort.descending ? "DESC" : "ASC"}`];
+}
+
+/** Clicking a header: a new column sorts ascending, the same one flips, the third click clears. */
+export function nextSort(current: Sort | null, column: Column): Sort | null {
+  if (!current || current.column !== column) return { column, descending: false };
+  if (!current.descending) return { column, descending: true };
+  return null;
+}
+
+/** What a cell shows: a run's value for the column ("" when it has none). */
+export function cellValue(run: Run, column: Column): string | number {
+  if (column === "name") return run.name || run.id;
+  if (column === "status") return (run.status ?? "").replace("RUN_STATUS_", "");
+  if (column.startsWith("params.")) return run.params?.[column.slice(7)] ?? "";
+  if (column.startsWith("metrics.")) {
+    const m = (run.latest_metrics ?? []).find((x) => x.key === column.slice(8));
+    return m === undefined ? "" : m.value;
+  }
+  return "";
+}
+
+/** A metric for a cell: short, but never losing the order of magnitude. */
+export function formatValue(value: string | number): string {
+  if (typeof value === "string") return value;
+  if (Number.isInteger(value)) return String(value);
+  return Math.abs(value) >= 1e-3 && Math.abs(value) < 1e6 ? value.toFixed(4) : value.toExponential(3);
+}
