@@ -249,7 +249,18 @@ async def test_300_watchers_across_users_and_processes_get_every_event(
             for n, (w, (_, run)) in enumerate(zip(opened, owners, strict=True))
             if w.seen != expected[run]
         ]
-        assert not wrong, f"{len(wrong)} watchers (index, missing, extra): {wrong[:5]}"
+        # what the servers said of Redis and pub/sub, to tell a lost subscription from a
+        # lost publish should this ever fail again (it did once, on a loaded machine)
+        said = [
+            line[-300:]
+            for s in (a, b)
+            for line in (s.logs / "server.log").read_text(errors="replace").splitlines()
+            if "WARNING" in line or "ERROR" in line or "pub/sub" in line
+        ]
+        assert not wrong, (
+            f"{len(wrong)} watchers (index, missing, extra): {wrong[:5]}; "
+            f"servers said: {said[-20:]}"
+        )
         # the run nobody watched: its events were never encoded, never sent
         assert metric(a, "tracker_events_unwatched_total") > unwatched
     finally:
