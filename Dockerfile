@@ -12,6 +12,16 @@
 # volume) and /tmp (an emptyDir or tmpfs).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20.19-bookworm-slim
+
+# ---------------------------------------------------------------- web: the console's build
+# Only its output (static files) reaches the image: Envoy serves web/dist at / (gateway/console.py).
+FROM ${NODE_IMAGE} AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY web/ ./
+RUN npm run build
 
 # ---------------------------------------------------------------- build: venv, stubs, docs
 FROM ${PYTHON_IMAGE} AS build
@@ -59,6 +69,7 @@ RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin 
     && chown neural:neural /data /var/run/neural/envoy-dynamic
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
+COPY --from=web /web/dist /app/web/dist
 WORKDIR /app
 VOLUME ["/data"]
 USER 10001
