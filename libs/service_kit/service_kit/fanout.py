@@ -145,13 +145,17 @@ class Fanout:
                 token = f"watch-{next(self._tokens)}"
                 self._pings[token] = confirmed
                 await pubsub.ping(token)
-            except _REDIS_DOWN:
+            except _REDIS_DOWN as exc:
+                # messages published until the reader subscribes again are lost: say so
+                log.warning("pub/sub subscribe failed (%r): connecting again", exc)
                 await self._drop()  # the reader connects again and subscribes to all
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.get_running_loop().create_task(self._read())
         # Redis away or slow: go on (the watcher reads its rows too) rather than hang
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(confirmed.wait(), CONFIRM_S)
+        except TimeoutError:
+            log.warning("pub/sub: %s not confirmed in %.0f s: watching anyway", channel, CONFIRM_S)
 
     async def _remove(self, channel: str, watcher: Watcher) -> None:
         async with self._lock:
@@ -172,7 +176,8 @@ class Fanout:
             elif self._pubsub is not None:
                 try:
                     await self._pubsub.unsubscribe(channel)
-                except _REDIS_DOWN:
+                except _REDIS_DOWN as exc:
+                    log.warning("pub/sub unsubscribe failed (%r): connecting again", exc)
                     await self._drop()
 
     async def _connect(self) -> PubSub:
