@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,20 +20,13 @@ from playwright.sync_api import sync_playwright
 
 from gateway import console, docs, static_routes
 from gateway.render import ensure_dynamic_dir, render
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = Path(sys.executable).parent / "envoy"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-]
 UPSTREAMS = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
 
 
