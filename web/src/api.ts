@@ -111,7 +111,8 @@ export function setUnauthenticatedHandler(handler: (err: ApiError) => void): voi
   onUnauthenticated = handler;
 }
 
-async function send(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<Response> {
+/** A call through the gateway with the signed-in key; a failed one throws its ApiError. */
+export async function send(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<Response> {
   const headers: Record<string, string> = {};
   const key = getKey();
   if (key) headers.Authorization = `Bearer ${key}`;
@@ -130,13 +131,14 @@ async function send(method: string, path: string, body?: unknown, signal?: Abort
   return response;
 }
 
-async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+/** A call whose answer is JSON. */
+export async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
   return (await (await send(method, path, body)).json()) as T;
 }
 
-const enc = encodeURIComponent;
+export const enc = encodeURIComponent;
 /** Keys and artifact paths may hold slashes, which the routes take as segments. */
-const encPath = (path: string) => path.split("/").map(enc).join("/");
+export const encPath = (path: string) => path.split("/").map(enc).join("/");
 
 export const whoami = () => call<Principal>("GET", "/v1/whoami");
 

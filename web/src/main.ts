@@ -4,11 +4,17 @@
 import "./style.css";
 import { ApiError, setUnauthenticatedHandler, whoami } from "./api";
 import { clear, h, type Dispose } from "./dom";
+import { comparePage } from "./pages/compare";
+import { deploymentPage } from "./pages/deployment";
+import { deploymentsPage } from "./pages/deployments";
 import { experimentPage } from "./pages/experiment";
 import { experimentsPage } from "./pages/experiments";
+import { jobPage } from "./pages/job";
+import { jobsPage } from "./pages/jobs";
 import { runPage } from "./pages/run";
 import { signinPage } from "./pages/signin";
-import { go, parseRoute, type Route } from "./router";
+import { workersPage } from "./pages/workers";
+import { go, href, parseRoute, SECTIONS, type Route } from "./router";
 import { currentPrincipal, getKey, setPrincipal, signOut } from "./session";
 
 const app = document.getElementById("app")!;
@@ -20,7 +26,12 @@ function renderHeader(): void {
   const who = currentPrincipal();
   header.append(h("a", { href: "#/experiments", class: "brand" }, "Neural"));
   if (who) {
+    const nav = h("nav", {});
+    for (const section of SECTIONS) {
+      nav.append(h("a", { href: href({ page: section.page }), "data-testid": `nav-${section.page}` }, section.label));
+    }
     header.append(
+      nav,
       h("span", { "data-testid": "whoami", class: "whoami" },
         `${who.subject} (${who.role.replace("ROLE_", "").toLowerCase()})`),
       h("button", { "data-testid": "sign-out", type: "button", onclick: () => leave() }, "Sign out"),
@@ -67,6 +78,24 @@ async function render(): Promise<void> {
       break;
     case "run":
       dispose = runPage(app, route.id);
+      break;
+    case "compare":
+      dispose = comparePage(app, route.ids);
+      break;
+    case "jobs":
+      dispose = jobsPage(app);
+      break;
+    case "job":
+      dispose = jobPage(app, route.id);
+      break;
+    case "deployments":
+      dispose = deploymentsPage(app);
+      break;
+    case "deployment":
+      dispose = deploymentPage(app, route.id);
+      break;
+    case "workers":
+      dispose = workersPage(app);
       break;
   }
 }
