@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import empty_pb2, timestamp_pb2
 from neural.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 from service_kit import errors, owners, pagination, request_checks
-from service_kit.fanout import Fanout, FellBehind
+from service_kit.fanout import Fanout, FellBehind, Interrupted
 from service_kit.http_bodies import content_disposition, http_bodies
 from service_kit.interceptors import principal
 from service_kit.redis_clients import async_client
@@ -289,6 +289,13 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                         raise errors.ResourceExhausted(
                             f"this watch fell behind the run's events ({exc}) and was closed: "
                             "watch again, and read GetMetricHistory for what it missed"
+                        ) from None
+                    except Interrupted:
+                        raise errors.Unavailable(
+                            "this watch's subscription to the run's events was interrupted "
+                            "(the tracker's connection to Redis was lost or made again), so "
+                            "events may have been missed: watch again, and read "
+                            "GetMetricHistory for what it missed"
                         ) from None
                     data = json.loads(raw) if raw is not None else None
                     if data is not None and data["type"] == "metrics":

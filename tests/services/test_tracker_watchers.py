@@ -1,8 +1,10 @@
 """WatchRun under load, end to end: two tracker server processes on one database and a Redis
 of this module's own (stopped and started again in the last test), watched and written over
 gRPC. Hundreds of watchers across users and processes get every metric event; a publish that
-fails is counted and sent once Redis is back; a watcher that falls behind is closed with
-RESOURCE_EXHAUSTED while a fast one on the same run gets everything."""
+fails is counted; a watcher that falls behind is closed with
+RESOURCE_EXHAUSTED while a fast one on the same run gets everything; a watcher whose
+subscription was lost (Redis away, its connection killed) is told to watch again (UNAVAILABLE),
+never left to miss events in silence."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import contextlib
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,7 +22,8 @@ import redis.asyncio as aioredis
 from neural.v1 import tracker_pb2, tracker_pb2_grpc
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from service_kit.fanout import Fanout, FellBehind, Watcher
+from service_kit.fanout import Fanout, FellBehind, Interrupted, Watcher
+from service_kit.redis_clients import async_client
 
 from tests import tokens
 from tests.services.conftest import create_pg_database, drop_pg_database, redis_url
@@ -88,6 +92,50 @@ async def test_a_watch_starts_subscribed_and_a_slow_watcher_does_not_slow_a_fast
     finally:
         await fanout.close()
         await client.aclose()
+
+
+@pytest.mark.integration
+async def test_a_lost_subscription_interrupts_the_watchers_that_must_not_miss_a_message(
+    tmp_path: Path,
+) -> None:
+    """Redis drops the subscription's connection (CLIENT KILL: what an output buffer over its
+    limit or a network fault does) while Redis itself stays up: redis-py connects again and
+    resubscribes on its own, and what was published in between is gone. A run's watcher is
+    told (Interrupted); a job's watcher goes on; a watch made afterwards gets every message."""
+    cache = LocalRedis(tmp_path)
+    cache.start()
+    client = async_client(cache.url)
+    strict, lenient = Fanout(client, close_slow=True), Fanout(client)
+    interruptions = REGISTRY.get_sample_value("neural_watch_interruptions_total") or 0
+    try:
+        async with strict.watch("c") as run_watch, lenient.watch("c") as job_watch:
+            assert await client.publish("c", b"1") == 2
+            assert await run_watch.get(5) == b"1"
+            assert await job_watch.get(5) == b"1"
+            assert await client.client_kill_filter(_type="pubsub") == 2
+
+            # both readers connect and subscribe again on their own
+            deadline = asyncio.get_running_loop().time() + 10
+            while await client.pubsub_numsub("c") != [(b"c", 2)]:
+                assert asyncio.get_running_loop().time() < deadline, "subscriptions not back"
+                await asyncio.sleep(0.01)
+            await client.publish("c", b"2")
+            with pytest.raises(Interrupted):
+                await run_watch.get(5)
+            with pytest.raises(Interrupted):  # for good
+                await run_watch.get(0.1)
+            assert await job_watch.get(5) == b"2"
+            assert (REGISTRY.get_sample_value("neural_watch_interruptions_total") or 0) >= (
+                interruptions + 2
+            )
+            async with strict.watch("c") as again:
+                await client.publish("c", b"3")
+                assert await again.get(5) == b"3"
+    finally:
+        await strict.close()
+        await lenient.close()
+        await client.aclose()
+        cache.stop()
 
 
 Key = tuple[str, int]  # a metric point as a watcher counts it: (key, step)
@@ -165,32 +213,85 @@ async def log(
 
 
 class Watch:
-    """One WatchRun stream, its metric points counted as they come."""
+    """One WatchRun stream run as a careful client (the console) runs it: its metric points
+    counted as they come; told that its events were interrupted (UNAVAILABLE: watch again), it
+    watches again and reads the history for what it missed, each point counted once."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
-        self.call = call
+    def __init__(
+        self, t: tracker_pb2_grpc.TrackerServiceStub, user: str, run_id: str, recover: bool
+    ) -> None:
+        self.t, self.user, self.run_id, self.recover = t, user, run_id, recover
+        self.call: grpc.aio.UnaryStreamCall | None = None
         self.seen: Counter[Key] = Counter()
+        self.recovered: set[Key] = set()  # read from the history: not counted again as events
+        self.interruptions: list[str] = []
+        self.error: grpc.aio.AioRpcError | None = None
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
-        cls, t: tracker_pb2_grpc.TrackerServiceStub, user: str, run_id: str, read: bool = True
+        cls,
+        t: tracker_pb2_grpc.TrackerServiceStub,
+        user: str,
+        run_id: str,
+        read: bool = True,
+        recover: bool = True,
     ) -> Watch:
         """Returns once the stream's first response came: the subscription is in place."""
-        watch = cls(t.WatchRun(tracker_pb2.WatchRunRequest(run_id=run_id), metadata=md(user)))
-        first = await watch.call.read()
-        assert first.type == "status"
+        watch = cls(t, user, run_id, recover)
+        await watch._start()
         if read:
             watch.task = asyncio.create_task(watch._read())
         return watch
 
+    async def _start(self) -> None:
+        self.call = self.t.WatchRun(
+            tracker_pb2.WatchRunRequest(run_id=self.run_id), metadata=md(self.user)
+        )
+        first = await self.call.read()
+        assert first.type == "status"
+
     async def _read(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            while (event := await self.call.read()) is not grpc.aio.EOF:
-                self.seen.update((m.key, m.step) for m in event.metrics)
+            while True:
+                assert self.call is not None
+                try:
+                    while (event := await self.call.read()) is not grpc.aio.EOF:
+                        self._count(event.metrics)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or not self.recover:
+                        self.error = exc
+                        return
+                    self.interruptions.append(exc.details() or "")
+                    await self._start()
+                    await self.catch_up()
+
+    def _count(self, metrics: Iterable[tracker_pb2.Metric]) -> None:
+        self.seen.update((m.key, m.step) for m in metrics if (m.key, m.step) not in self.recovered)
+
+    async def catch_up(self, keys: tuple[str, ...] = ("loss", "acc")) -> None:
+        """The points of the run's history this watch has not seen."""
+        for key in keys:
+            token = ""
+            while True:
+                page = await self.t.GetMetricHistory(
+                    tracker_pb2.GetMetricHistoryRequest(
+                        run_id=self.run_id, key=key, page_size=10_000, page_token=token
+                    ),
+                    metadata=md(self.user),
+                )
+                for m in page.metrics:
+                    if (m.key, m.step) not in self.seen:
+                        self.seen[(m.key, m.step)] += 1
+                        self.recovered.add((m.key, m.step))
+                token = page.next_page_token
+                if not token:
+                    break
 
     def close(self) -> None:
-        self.call.cancel()
+        if self.call is not None:
+            self.call.cancel()
         if self.task is not None:
             self.task.cancel()
 
@@ -257,9 +358,12 @@ async def test_300_watchers_across_users_and_processes_get_every_event(
             for line in (s.logs / "server.log").read_text(errors="replace").splitlines()
             if "WARNING" in line or "ERROR" in line or "pub/sub" in line
         ]
+        told = [w.interruptions for w in opened if w.interruptions]
+        failed = [w.error.details() for w in opened if w.error is not None]
         assert not wrong, (
             f"{len(wrong)} watchers (index, missing, extra): {wrong[:5]}; "
-            f"servers said: {said[-20:]}"
+            f"{len(told)} watched again after an interruption, {len(failed)} failed "
+            f"({failed[:2]}); servers said: {said[-20:]}"
         )
         # the run nobody watched: its events were never encoded, never sent
         assert metric(a, "tracker_events_unwatched_total") > unwatched
@@ -318,20 +422,61 @@ async def test_a_slow_watcher_is_closed_and_a_fast_one_gets_everything(
 
 
 @pytest.mark.e2e
-async def test_events_logged_while_redis_is_away_arrive_when_it_is_back(
+async def test_watchers_whose_subscription_is_killed_are_told_and_miss_nothing(
+    servers: tuple[Stack, Stack, LocalRedis],
+) -> None:
+    """Redis stays up but drops the tracker processes' subscriptions while writers log through
+    both: redis-py reconnects on its own, and what was published in between never reaches
+    those processes. Every watcher is told to watch again, and watching again and reading the
+    history leaves none with a point missing or counted twice."""
+    a, b, cache = servers
+    channels = [stub(s) for s in (a, b)]
+    stubs = [t for _, t in channels]
+    user = "killed-subscriptions"
+    watches: list[Watch] = []
+    admin = aioredis.from_url(cache.url)
+    try:
+        runs = await new_runs(stubs[0], user, 2)
+        watches = [await Watch.open(stubs[n % 2], user, runs[n % 4 // 2]) for n in range(8)]
+        logged: dict[str, set[Key]] = {run: set() for run in runs}
+        for call in range(10):
+            if call == 5:
+                assert await admin.client_kill_filter(_type="pubsub") == 2  # A's and B's
+            for n, run in enumerate(runs):
+                logged[run] |= await log(stubs[(call + n) % 2], user, run, range(call, call + 1))
+
+        def complete() -> bool:
+            return all(set(w.seen) == logged[w.run_id] for w in watches)
+
+        await until_async(complete, 30, "every watcher to have every point")
+        assert all(set(w.seen.values()) == {1} for w in watches)
+        assert all(w.interruptions for w in watches), [w.interruptions for w in watches]
+        assert "watch again" in watches[0].interruptions[0]
+    finally:
+        for w in watches:
+            w.close()
+        for channel, _ in channels:
+            await channel.close()
+        await admin.aclose()
+
+
+@pytest.mark.e2e
+async def test_a_watch_is_told_when_redis_goes_away_and_watching_again_misses_nothing(
     servers: tuple[Stack, Stack, LocalRedis],
 ) -> None:
     a, b, cache = servers
     channel_a, ta = stub(a)
     channel_b, tb = stub(b)
     user = "outage"
-    watch = None
+    watch = again = None
     try:
         (run_id,) = await new_runs(ta, user, 1)
-        watch = await Watch.open(tb, user, run_id)  # in the other process than the writer
+        # in the other process than the writer; it reports what it is told, no recovering
+        watch = await Watch.open(tb, user, run_id, recover=False)
         before = await log(ta, user, run_id, range(0, 3))
         await until_async(lambda: set(watch.seen) == before, 10, "the first points")
         failures = metric(a, "tracker_event_publish_failures_total")
+        interruptions = metric(b, "neural_watch_interruptions_total")
 
         cache.stop()
         during = await log(ta, user, run_id, range(3, 6))  # stored; its event not sent
@@ -341,15 +486,36 @@ async def test_events_logged_while_redis_is_away_arrive_when_it_is_back(
             "a failed publish to be counted",
         )
         assert "run events not published" in a.log("server")
+        # the watch cannot know what it misses: it ends, saying so and what to do
+        await until_async(lambda: watch.error is not None, 20, "the watch to be told")
+        assert watch.error is not None
+        assert watch.error.code() == grpc.StatusCode.UNAVAILABLE, watch.error
+        assert "watch again" in (watch.error.details() or ""), watch.error.details()
+        assert metric(b, "neural_watch_interruptions_total") > interruptions
         cache.start()  # on the same port
 
-        await until_async(lambda: set(watch.seen) == before | during, 20, "the kept events")
+        # a client that watches again (once the tracker reaches Redis) and reads the history
+        deadline = asyncio.get_running_loop().time() + 20
+        while again is None:
+            try:
+                again = await Watch.open(tb, user, run_id)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert asyncio.get_running_loop().time() < deadline, exc
+                await asyncio.sleep(0.1)
+        await again.catch_up()
+        assert set(again.seen) >= before | during
         after = await log(ta, user, run_id, range(6, 9))
         await until_async(
-            lambda: set(watch.seen) == before | during | after, 10, "events after the outage"
+            lambda: again is not None and set(again.seen) == before | during | after,
+            10,
+            "events after the outage",
         )
+        # events kept while Redis was away may come too: each point is still counted once
+        assert set(again.seen.values()) == {1}
     finally:
-        if watch is not None:
-            watch.close()
+        for w in (watch, again):
+            if w is not None:
+                w.close()
         await channel_a.close()
         await channel_b.close()

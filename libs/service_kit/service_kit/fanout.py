@@ -12,6 +12,14 @@ lost metric is a hole the watcher would never learn of, so it is told to watch a
 `watch` returns once Redis has the subscription: whatever is published afterwards reaches the
 watcher. When Redis goes away the reader connects again after a pause and subscribes again to
 every channel still watched.
+
+Pub/sub keeps nothing: whatever was published while the subscription was gone never arrives,
+and other processes' watchers (another subscription) may well have had it. So a lost
+subscription is never passed over: when it fails (a command or a read raises) or its
+connection is made again (redis-py reconnects and resubscribes on its own, through the
+connection's connect callbacks), every watcher that closes when slow is interrupted too: its
+next `get` raises Interrupted, and the stream tells its caller to watch again and read what it
+missed. Other watchers (snapshots) read their row again anyway and go on.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ OVERFLOWS = Counter(
     "oldest message dropped",
     ["action"],
 )
+INTERRUPTIONS = Counter(
+    "neural_watch_interruptions_total",
+    "Times this process's pub/sub subscription was lost or made again, its watchers that "
+    "close when slow told to watch again",
+)
 
 
 class FellBehind(Exception):
@@ -48,6 +61,14 @@ class FellBehind(Exception):
         self.queue_size = queue_size
 
 
+class Interrupted(Exception):
+    """The process's subscription was lost or made again: messages published meanwhile never
+    reached this watcher."""
+
+    def __init__(self) -> None:
+        super().__init__("the subscription to its events was interrupted")
+
+
 class Watcher:
     """One watcher's messages from one channel."""
 
@@ -56,6 +77,7 @@ class Watcher:
         self.size = size
         self.close_slow = close_slow
         self.fell_behind = False
+        self.interrupted = False
 
     @property
     def pending(self) -> int:
@@ -63,31 +85,45 @@ class Watcher:
         return self._queue.qsize()
 
     def deliver(self, data: bytes) -> None:
-        if self.fell_behind:
+        if self.fell_behind or self.interrupted:
             return
         if self._queue.full():
             if self.close_slow:
                 self.fell_behind = True
                 OVERFLOWS.labels("closed").inc()
-                while not self._queue.empty():  # nobody will read them: free them now
-                    self._queue.get_nowait()
-                self._queue.put_nowait(b"")  # wakes a get that waits (it raises)
+                self._close()
                 return
             OVERFLOWS.labels("dropped_oldest").inc()
             self._queue.get_nowait()  # the oldest goes: the newest says more about now
         self._queue.put_nowait(data)
 
-    async def get(self, timeout: float) -> bytes | None:
-        """The next message's data, or None after `timeout` seconds without one. FellBehind
-        once a watcher that closes when slow has fallen behind."""
+    def interrupt(self) -> None:
+        """Messages may have been lost: a watcher that closes when slow is closed (its next
+        `get` raises Interrupted); another goes on (it reads its row on a quiet `get`)."""
+        if self.close_slow and not (self.fell_behind or self.interrupted):
+            self.interrupted = True
+            self._close()
+
+    def _close(self) -> None:
+        while not self._queue.empty():  # nobody will read them: free them now
+            self._queue.get_nowait()
+        self._queue.put_nowait(b"")  # wakes a get that waits (it raises)
+
+    def _raise_if_closed(self) -> None:
         if self.fell_behind:
             raise FellBehind(self.size)
+        if self.interrupted:
+            raise Interrupted()
+
+    async def get(self, timeout: float) -> bytes | None:
+        """The next message's data, or None after `timeout` seconds without one. FellBehind
+        or Interrupted once a watcher that closes when slow has been closed."""
+        self._raise_if_closed()
         try:
             data = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
             return None
-        if self.fell_behind:
-            raise FellBehind(self.size)
+        self._raise_if_closed()
         return data
 
 
@@ -146,8 +182,7 @@ class Fanout:
                 self._pings[token] = confirmed
                 await pubsub.ping(token)
             except _REDIS_DOWN as exc:
-                # messages published until the reader subscribes again are lost: say so
-                log.warning("pub/sub subscribe failed (%r): connecting again", exc)
+                self._interrupt(f"subscribe failed ({exc!r})")
                 await self._drop()  # the reader connects again and subscribes to all
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -177,7 +212,7 @@ class Fanout:
                 try:
                     await self._pubsub.unsubscribe(channel)
                 except _REDIS_DOWN as exc:
-                    log.warning("pub/sub unsubscribe failed (%r): connecting again", exc)
+                    self._interrupt(f"unsubscribe failed ({exc!r})")
                     await self._drop()
 
     async def _connect(self) -> PubSub:
@@ -188,17 +223,42 @@ class Fanout:
         """A new subscription to every watched channel (the lock held)."""
         pubsub = self.redis.pubsub()
         try:
+            await pubsub.connect()
             if self._watchers:
                 await pubsub.subscribe(*self._watchers)
         except BaseException:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
             raise
+        # connected: from now on the connection's connect callbacks run only when it is made
+        # again (redis-py resubscribes on its own then, but what was published meanwhile is gone)
+        assert pubsub.connection is not None
+        pubsub.connection.register_connect_callback(self._reconnected)
         self._pubsub = pubsub
         return pubsub
 
+    def _reconnected(self, connection: object) -> None:
+        self._interrupt("connection made again")
+
+    def _interrupt(self, why: str) -> None:
+        """The subscription was lost: its watchers may have missed messages."""
+        INTERRUPTIONS.inc()
+        watchers = [w for listeners in self._watchers.values() for w in listeners]
+        log.warning(
+            "pub/sub subscription interrupted (%s): what was published meanwhile is lost; "
+            "%d watchers told to watch again",
+            why,
+            sum(w.close_slow for w in watchers),
+        )
+        for watcher in watchers:
+            watcher.interrupt()
+
     async def _drop(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None and pubsub.connection is not None:
+            # the connection goes back to the pool: its next user's reconnects are not ours
+            with contextlib.suppress(ValueError):
+                pubsub.connection.deregister_connect_callback(self._reconnected)
         # the PONGs would have come on that connection: nobody waits for them any longer
         pings, self._pings = self._pings, {}
         for confirmed in pings.values():
@@ -215,7 +275,7 @@ class Fanout:
             except _REDIS_DOWN as exc:
                 # once, not every retry_s while Redis is away
                 if self._pubsub is not None or not self._lost:
-                    log.warning("pub/sub connection lost (%s): connecting again", exc)
+                    self._interrupt(f"connection lost ({exc})")
                 self._lost = True
                 async with self._lock:
                     await self._drop()
