@@ -163,6 +163,7 @@ def _version(v: Version) -> deployer_pb2.DeploymentVersion:
         id=v.version,
         traffic_percent=v.traffic_percent,
         state=VERSION_STATES[v.state],
+        ready_replicas=v.ready_replicas,
         error=v.error,
         create_time=_ts(v.created_at),
         rollout_job_id=v.rollout_job_id,

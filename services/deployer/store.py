@@ -48,6 +48,8 @@ class Version:
     error: str
     created_at: dt.datetime
     rollout_job_id: str = ""  # the job that rolled it out; "" for the first version
+    # Not a column: its READY replicas whose controller still beats (as ready_replicas counts)
+    ready_replicas: int = 0
 
 
 @dataclass
@@ -182,7 +184,22 @@ class DeployerStore:
             .where(versions.c.deployment_id.in_(ids))
             .order_by(versions.c.created_at.desc(), versions.c.version.desc())
         )
-        return [_version(r) for r in rows]
+        found = [_version(r) for r in rows]
+        if found:
+            fresh = now() - dt.timedelta(seconds=STALE_SECONDS)
+            counts = await s.execute(
+                select(replicas.c.version_id, func.count())
+                .where(
+                    replicas.c.deployment_id.in_(ids),
+                    replicas.c.state == R_READY,
+                    replicas.c.heartbeat_at >= fresh,
+                )
+                .group_by(replicas.c.version_id)
+            )
+            ready = {version_id: count for version_id, count in counts}
+            for v in found:
+                v.ready_replicas = ready.get(v.id, 0)
+        return found
 
     async def list(
         self, owner: str | None, state: str | None, token: str, size: int
@@ -364,7 +381,7 @@ class DeployerStore:
             for r in rows:
                 m = r._mapping
                 version = Version(
-                    **{k: m[versions.c[k]] for k in Version.__dataclass_fields__}  # type: ignore[index]
+                    **{c.name: m[c] for c in versions.c}  # the columns: not ready_replicas
                 )
                 version.created_at = _utc(version.created_at)
                 out.append((_replica(r, replicas), version))

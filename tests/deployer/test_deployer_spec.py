@@ -169,7 +169,9 @@ def test_a_row_as_a_proto_shows_its_main_version() -> None:
             version("v1", 80, run_id="r1", artifact_path="model.onnx"),
         ]
     )
+    d.versions[1].ready_replicas = 2
     out = spec.to_proto(d)
+    assert [v.ready_replicas for v in out.versions] == [0, 2]
     assert out.model_version == "v1" and out.run_artifact.run_id == "r1"
     assert [(v.id, v.traffic_percent) for v in out.versions] == [("v2", 20), ("v1", 80)]
     assert out.versions[0].model_id == "m2"

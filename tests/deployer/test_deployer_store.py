@@ -172,9 +172,13 @@ async def test_replicas_and_status_round_trip(store: DeployerStore) -> None:
     r = Replica(new_id(), d.id, v.id, "ctl", 4242, 0, R_STARTING, now(), None)
     await store.add_replica(r)
     assert await store.ready_replicas(d.id) == []
+    assert (await store.get(d.id, None)).versions[0].ready_replicas == 0  # only STARTING
     await store.set_replica(r.id, state=R_READY, port=5555, ready_at=now())
     [(replica, served)] = await store.ready_replicas(d.id)
     assert (replica.port, replica.pid, served.version) == (5555, 4242, "v1")
+    # each version counts its own ready replicas, in a get and in a listing
+    assert (await store.get(d.id, None)).versions[0].ready_replicas == 1
+    assert (await store.list("alice", None, "", 0))[0][0].versions[0].ready_replicas == 1
     assert replica.ready_at is not None and replica.ready_at.tzinfo is not None
     assert [x.id for x in await store.replicas("ctl")] == [r.id]
     assert await store.replicas("another") == []
@@ -202,6 +206,7 @@ async def test_replicas_of_a_silent_controller_are_not_used(store: DeployerStore
     async with db.transaction(store.sessions) as s:
         await s.execute(update(tables.replicas).values(heartbeat_at=old))
     assert await store.ready_replicas(d.id) == []
+    assert (await store.get(d.id, None)).versions[0].ready_replicas == 0
     await store.heartbeat("another")
     assert await store.ready_replicas(d.id) == []
     await store.heartbeat("ctl")
