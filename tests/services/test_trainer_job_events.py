@@ -7,6 +7,7 @@ best trial's metrics; every event has a message; HPO values are the values as wr
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import optuna
 import pytest
 from neural_dsl import parse
-from service_kit import db
+from service_kit import db, job_messages
 from service_kit.jobs import JobRecord, JobStore
 from service_kit.settings import load
 
@@ -142,6 +143,13 @@ async def test_one_progress_event_per_finished_epoch_with_its_number_and_metrics
     logged = dict(run["metrics"])
     for _, _, rec in (e for e in events if e[0] == "progress"):
         assert rec.details["metrics"] == logged[rec.details["epoch"]]
+    # each progress event has its own time (JobEvent.time), within the job's life, in order
+    times = [rec.event_at for e, _, rec in events if e == "progress"]
+    final = events[-1][2]
+    assert None not in times and times == sorted(times), times
+    assert final.started_at and final.ended_at
+    assert final.started_at <= times[0] and times[-1] <= final.ended_at  # type: ignore[operator]
+    assert job_messages.event(events[2][2], "progress").time.ToDatetime(dt.UTC) == times[0]
 
 
 async def test_a_search_tells_of_each_trial_from_one_and_completes_with_the_best(

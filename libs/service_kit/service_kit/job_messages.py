@@ -79,6 +79,7 @@ def event(
         epoch=int(d.get("epoch", 0) or 0),
         step=int(d.get("step", 0) or 0),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-        time=timestamp(rec.ended_at or rec.started_at or rec.created_at),
+        # a published event's own time; one read from the row: when it started or ended
+        time=timestamp(rec.event_at or rec.ended_at or rec.started_at or rec.created_at),
         job=job(rec, deliveries),
     )

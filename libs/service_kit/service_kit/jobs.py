@@ -88,6 +88,8 @@ class JobRecord:
     created_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
+    # Not a column: when the event this record comes with was published (see _as_of)
+    event_at: dt.datetime | None = None
 
 
 def _record(row: Any) -> JobRecord:
@@ -151,6 +153,7 @@ def _snapshot(rec: JobRecord) -> dict[str, Any]:
         "attempts": rec.attempts,
         "started_at": _iso(rec.started_at),
         "ended_at": _iso(rec.ended_at),
+        "at": _iso(now()),
     }
 
 
@@ -169,6 +172,7 @@ def _as_of(rec: JobRecord, snapshot: Mapping[str, Any]) -> JobRecord:
             attempts=int(snapshot["attempts"]),
             started_at=when(snapshot["started_at"]),
             ended_at=when(snapshot["ended_at"]),
+            event_at=when(snapshot.get("at")),
         )
     except (KeyError, TypeError, ValueError):  # published by an older version: the row it is
         return rec

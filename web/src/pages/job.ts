@@ -109,7 +109,7 @@ export function jobPage(root: HTMLElement, id: string): Dispose {
     if (line !== lastLogged) { // a watch opened again starts with the state it already told
       lastLogged = line;
       events.append(h("li", { "data-testid": "job-event", "data-type": e.type },
-        h("span", { class: "muted", title: "when this page saw it" }, formatTime(new Date().toISOString())), " ",
+        h("span", { class: "muted" }, formatTime(e.time ?? new Date().toISOString())), " ",
         h("strong", {}, e.type), e.message ? ` ${e.message}` : ""));
       while (events.childElementCount > MAX_EVENTS) events.firstElementChild!.remove();
       events.scrollTop = events.scrollHeight; // the list scrolls: keep the newest in sight
