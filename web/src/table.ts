@@ -66,3 +66,41 @@ export function formatValue(value: string | number): string {
   if (Number.isInteger(value)) return String(value);
   return Math.abs(value) >= 1e-3 && Math.abs(value) < 1e6 ? value.toFixed(4) : value.toExponential(3);
 }
+
+/** The rows a virtualized table renders, [first, last), and the spacers' heights for the rest. */
+export interface RowWindow {
+  first: number;
+  last: number;
+  padTop: number;
+  padBottom: number;
+}
+
+/**
+ * The rows to render for a scroll position: those in view plus `margin` rows on each side.
+ * scrollTop and viewport are in the rows' own coordinates (the header's height taken off), and
+ * every row is rowHeight high, so a 10,000-row table keeps a few dozen rows in the DOM.
+ */
+export function rowWindow(
+  scrollTop: number,
+  viewport: number,
+  rowHeight: number,
+  count: number,
+  margin: number,
+): RowWindow {
+  if (count <= 0 || rowHeight <= 0) return { first: 0, last: 0, padTop: 0, padBottom: 0 };
+  const top = Math.max(0, scrollTop);
+  // A scrollTop past the end (the rows shrank under it) still shows the last rows.
+  const firstVisible = Math.min(count - 1, Math.floor(top / rowHeight));
+  const lastVisible = Math.max(firstVisible + 1, Math.ceil((top + Math.max(0, viewport)) / rowHeight));
+  const first = Math.max(0, firstVisible - margin);
+  const last = Math.min(count, lastVisible + margin);
+  return { first, last, padTop: first * rowHeight, padBottom: (count - last) * rowHeight };
+}
+
+/** Whether to fetch the next page: the rendered rows reach within `ahead` rows of the loaded end. */
+export const needsMore = (w: RowWindow, count: number, ahead: number): boolean => count - w.last <= ahead;
+
+/** CompareRuns takes 2 to 100 runs. */
+export const COMPARE_MIN = 2;
+export const COMPARE_MAX = 100;
+export const canCompare = (selected: number): boolean => selected >= COMPARE_MIN && selected <= COMPARE_MAX;
