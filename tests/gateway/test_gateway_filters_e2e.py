@@ -197,7 +197,8 @@ def test_authz_down_or_slow_is_no_entry(tmp_path: Path) -> None:
             assert "authorization service" in message
             with grpc.insecure_channel(g.address) as ch, pytest.raises(grpc.RpcError) as info:
                 raw(ch, VALIDATE)(b"", timeout=10)
-            gateway_grpc_reply(info.value, grpc.StatusCode.UNAVAILABLE)
+            details = gateway_grpc_reply(info.value, grpc.StatusCode.UNAVAILABLE)
+            assert "authorization service" in details and "retry later" in details, details
             assert httpx.get(f"{g.url}/openapi.json", timeout=10).status_code == 200
         assert service.calls_to(VALIDATE) == []
         assert len(slow.checks) == 2
@@ -223,7 +224,8 @@ def test_rate_limit_service_down_failing_closed_is_unavailable(tmp_path: Path) -
         assert "rate-limit service" in status_body(r, grpc.StatusCode.UNAVAILABLE)["message"]
         with grpc.insecure_channel(closed.address) as ch, pytest.raises(grpc.RpcError) as info:
             raw(ch, VALIDATE)(b"", timeout=10)
-        gateway_grpc_reply(info.value, grpc.StatusCode.UNAVAILABLE)
+        details = gateway_grpc_reply(info.value, grpc.StatusCode.UNAVAILABLE)
+        assert "rate-limit service" in details, details
         assert service.calls_to(VALIDATE) == []
     finally:
         closed.stop()

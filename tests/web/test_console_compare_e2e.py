@@ -47,7 +47,7 @@ BULK_SUBJECT = "console-compare-bulk"
 BULK_EXPERIMENT = "console-compare-10k"
 BULK_RUNS = int(os.environ.get("NEURAL_CONSOLE_BULK_RUNS", "10000"))
 BULK_PARALLEL = 32  # CreateRun calls in flight at once: SQLite writes one at a time anyway
-BULK_TRIES = 5  # per run: an overloaded stack answers UNAVAILABLE (seen with 64 in flight)
+BULK_TRIES = 5  # per run: UNAVAILABLE when authz did not answer in 0.5 s (a loaded machine)
 BULK_QUOTA = BULK_RUNS * 2 + 10_000  # its calls a minute: the runs, then the browser's
 DOM_ROWS_BOUND = 200
 
