@@ -51,6 +51,8 @@ IRIS = """network ConsoleIris {
 """
 # The worker starts (imports, warm-up) and may be busy with another test file's job first.
 START_TIMEOUT_MS = 180_000
+# the job page's state (the jobs list, which may still be on screen, has one per row)
+JOB_STATE = "[data-testid=job-head] [data-testid=job-state]"
 FINISH_TIMEOUT_MS = 240_000
 
 
@@ -125,7 +127,7 @@ def _start_training(watched: Watched, epochs: int, hook: bool) -> str:
 
 def _wait_running(page: Page) -> None:
     """Until the job page shows the job running with an epoch done (its watch's events)."""
-    state = page.locator("[data-testid=job-state]")
+    state = page.locator(JOB_STATE)
     expect(state).to_have_text("RUNNING", timeout=START_TIMEOUT_MS)
     page.wait_for_function(
         "() => Number(document.querySelector('[data-testid=job-progress]')"
@@ -177,7 +179,7 @@ def test_a_user_starts_a_training_follows_it_live_and_cancels_another(
 
     # back on the job page: it ends, with its deliveries (refused loopback hooks: no code)
     page.go_back()
-    expect(page.locator("[data-testid=job-state]")).to_have_text(
+    expect(page.locator(JOB_STATE)).to_have_text(
         "SUCCEEDED", timeout=FINISH_TIMEOUT_MS
     )
     expect(page.locator("[data-testid=job-progress]")).to_have_attribute("data-progress", "1")
@@ -210,7 +212,7 @@ def test_a_user_starts_a_training_follows_it_live_and_cancels_another(
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("button[data-testid=cancel-job]").click()
     expect(page.locator("[data-testid=cancel-result]")).not_to_be_empty()
-    expect(page.locator("[data-testid=job-state]")).to_have_text("CANCELLED", timeout=60_000)
+    expect(page.locator(JOB_STATE)).to_have_text("CANCELLED", timeout=60_000)
     expect(page.locator("[data-testid=cancel-result]")).to_have_text("Cancelled.")
     expect(page.locator("[data-testid=job-event][data-type=cancelled]")).to_have_count(1)
     expect(page.locator("button[data-testid=cancel-job]")).to_be_hidden()
@@ -253,7 +255,7 @@ def test_a_viewer_sees_jobs_and_workers_with_nothing_that_writes(
     watched.screenshot("viewer-jobs")
 
     row.locator("a[data-testid=job-link]").click()
-    expect(page.locator("[data-testid=job-state]")).not_to_have_text("UNSPECIFIED")
+    expect(page.locator(JOB_STATE)).not_to_have_text("UNSPECIFIED")
     expect(page.locator("[data-testid=job-events] [data-testid=job-event]").first).to_be_visible()
     assert writes.count() == 0, page.content()
 

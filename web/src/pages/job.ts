@@ -53,7 +53,7 @@ export function jobPage(root: HTMLElement, id: string): Dispose {
     : null;
 
   root.append(h("a", { href: href({ page: "jobs" }) }, "← training jobs"), title,
-    h("p", { class: "job-head" }, "State: ", stateBox, " ", live, " ", cancel, " ", cancelResult),
+    h("p", { class: "job-head", "data-testid": "job-head" }, "State: ", stateBox, " ", live, " ", cancel, " ", cancelResult),
     bar.el, jobError, error,
     h("div", { class: "columns" },
       h("section", {}, h("h2", {}, "Job"), h("p", {}, "Run: ", run), facts),
