@@ -179,9 +179,7 @@ def test_a_user_starts_a_training_follows_it_live_and_cancels_another(
 
     # back on the job page: it ends, with its deliveries (refused loopback hooks: no code)
     page.go_back()
-    expect(page.locator(JOB_STATE)).to_have_text(
-        "SUCCEEDED", timeout=FINISH_TIMEOUT_MS
-    )
+    expect(page.locator(JOB_STATE)).to_have_text("SUCCEEDED", timeout=FINISH_TIMEOUT_MS)
     expect(page.locator("[data-testid=job-progress]")).to_have_attribute("data-progress", "1")
     expect(page.locator("[data-testid=job-progress]")).to_contain_text(f"epoch {EPOCHS}/{EPOCHS}")
     expect(page.locator("[data-testid=job-event][data-type=completed]")).to_have_count(1)
