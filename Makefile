@@ -18,7 +18,7 @@ WEB_BUILD := web/dist/index.html
 WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) \
 	$(wildcard web/index.html web/vite.config.ts web/tsconfig*.json)
 
-.PHONY: setup test test-fast lint bench bench-deps clean run demo diagram
+.PHONY: setup test test-fast lint bench bench-deps clean run demo diagram screenshot
 
 setup: $(STAMP) $(STUBS) $(OIP_STUBS) $(DSL_PARSER) $(CLIENTS_STAMP) $(OPENAPI) $(DOCS) $(WEB_BUILD)
 
@@ -120,6 +120,7 @@ bench: setup
 	$(PY) bench/training_overhead.py
 	$(PY) bench/predict.py
 	$(PY) bench/first_call.py
+	$(PY) bench/web.py
 
 # Optional baselines for bench/: the original Neural DSL, in a venv of its own (its
 # distribution is also called neural-dsl, so it cannot share .venv with ours), MLflow, and
@@ -142,6 +143,11 @@ demo: setup
 diagram:
 	command -v dot >/dev/null || (apt-get update -qq && apt-get install -y -qq graphviz)
 	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
+
+# docs/images/console-run.png, the README's picture of the console: a small model trained on a
+# stack of its own, its run page saved by Chromium (bench/web.py --screenshot).
+screenshot: setup
+	$(PY) bench/web.py --screenshot docs/images/console-run.png
 
 clean:
 	rm -rf $(VENV) .venv-bench $(CLIENTS) .pytest_cache .ruff_cache .hypothesis
