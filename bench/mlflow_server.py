@@ -4,6 +4,7 @@ tracker's benchmarks compare with (`make bench-deps` installs it)."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,8 +25,8 @@ def installed() -> bool:
 
 @contextlib.contextmanager
 def mlflow_server() -> Iterator[str]:
-    """The tracking URI of a fresh `mlflow server` (one worker, its own folder), stopped on
-    exit."""
+    """The tracking URI of a fresh `mlflow server` (one worker, its own folder), stopped and
+    its folder deleted on exit."""
     tmp = Path(tempfile.mkdtemp(prefix="neural-mlflow-"))
     port = free_port()
     server = subprocess.Popen(
@@ -52,3 +53,4 @@ def mlflow_server() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)  # its database: tens of MB a large series
