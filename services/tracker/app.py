@@ -67,9 +67,11 @@ async def warm(engine: AsyncEngine, store: TrackerStore, service: TrackerService
     await store.points.append(NOBODY, Batch((), (), (), ()), [])
     async with service.redis.pipeline(transaction=False) as pipe:
         await pipe.ping().execute()
-    # Its code is loaded; its connection is not kept: a pooled connection that a Redis
-    # restart has closed fails the next command, where a fresh one is opened as before.
-    await service.redis.connection_pool.disconnect()
+    # Its code is loaded; its idle connection is not kept: a pooled connection that a Redis
+    # restart has closed fails the next command, where a fresh one is opened as before. Only
+    # the idle ones: the warm-up runs while the service serves, and closing a connection in
+    # use (a watch's subscription) under its reader loses what is published meanwhile.
+    await service.redis.connection_pool.disconnect(inuse_connections=False)
     async with rehearsal(engine) as sessions:
         owner_of: dict[str, str] = {}
         experiments = Experiments(sessions, owner_of)

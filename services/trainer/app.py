@@ -83,9 +83,11 @@ async def warm(
     await missing(jobs.get(NOBODY, NOBODY))
     await missing(store.get(NOBODY, NOBODY))
     await list_workers(service.redis)
-    # Its code is loaded; its connection is not kept: a pooled connection that a Redis
-    # restart has closed fails the next command, where a fresh one is opened as before.
-    await service.redis.connection_pool.disconnect()
+    # Its code is loaded; its idle connection is not kept: a pooled connection that a Redis
+    # restart has closed fails the next command, where a fresh one is opened as before. Only
+    # the idle ones: the warm-up runs while the service serves, and closing a connection in
+    # use (a watch's subscription) under its reader loses what is published meanwhile.
+    await service.redis.connection_pool.disconnect(inuse_connections=False)
     async with rehearsal(engine) as sessions:
         rehearsed = JobStore(engine, jobs.table, jobs.redis_url)
         rehearsed.sessions = sessions

@@ -22,9 +22,14 @@ import redis.asyncio as aioredis
 from neural.v1 import tracker_pb2, tracker_pb2_grpc
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from service_kit import db
 from service_kit.fanout import Fanout, FellBehind, Interrupted, Watcher
 from service_kit.redis_clients import async_client
 
+from services.tracker.app import MIGRATIONS, VERSION_TABLE, warm
+from services.tracker.artifacts import LocalArtifactStore
+from services.tracker.service import TrackerService
+from services.tracker.store import TrackerStore
 from tests import tokens
 from tests.services.conftest import create_pg_database, drop_pg_database, redis_url
 from tests.services.local_redis import LocalRedis
@@ -136,6 +141,28 @@ async def test_a_lost_subscription_interrupts_the_watchers_that_must_not_miss_a_
         await lenient.close()
         await client.aclose()
         cache.stop()
+
+
+@pytest.mark.integration
+async def test_the_warm_up_leaves_the_watches_it_runs_beside_alone(tmp_path: Path) -> None:
+    """The warm-up runs while the tracker already serves: dropping its Redis connections closed
+    the watches' subscription under them (redis-py made it again; what was published meanwhile
+    was lost, and a watch opened meanwhile failed INTERNAL). It closes only idle ones now."""
+    engine = db.make_engine(f"sqlite+aiosqlite:///{tmp_path / 'neural.db'}")
+    await db.migrate(engine, MIGRATIONS, VERSION_TABLE)
+    store = TrackerStore(engine)
+    service = TrackerService(store, LocalArtifactStore(tmp_path, 1 << 20), redis_url(13))
+    name = f"warm-up-{uuid.uuid4().hex}"
+    interruptions = REGISTRY.get_sample_value("neural_watch_interruptions_total") or 0
+    try:
+        async with service.fanout.watch(name) as watcher:
+            await warm(engine, store, service)
+            await service.redis.publish(name, b"after the warm-up")
+            assert await watcher.get(5) == b"after the warm-up"
+        assert REGISTRY.get_sample_value("neural_watch_interruptions_total") == interruptions
+    finally:
+        await service.fanout.close()
+        await store.close()
 
 
 Key = tuple[str, int]  # a metric point as a watcher counts it: (key, step)

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 256  # messages one watcher may fall behind by
 CONFIRM_S = 5.0  # the longest a new watch waits for Redis to confirm its subscription
 _REDIS_DOWN = (aioredis.ConnectionError, aioredis.TimeoutError, OSError)
+# A command sent while the reader's retry reconnects the same connection finds it half made
+# (redis-py: AttributeError on its writer): a lost subscription too, not the caller's fault.
+_COMMAND_LOST = (*_REDIS_DOWN, AttributeError)
 
 OVERFLOWS = Counter(
     "neural_watch_overflows_total",
@@ -181,7 +184,7 @@ class Fanout:
                 token = f"watch-{next(self._tokens)}"
                 self._pings[token] = confirmed
                 await pubsub.ping(token)
-            except _REDIS_DOWN as exc:
+            except _COMMAND_LOST as exc:
                 self._interrupt(f"subscribe failed ({exc!r})")
                 await self._drop()  # the reader connects again and subscribes to all
             if self._reader is None or self._reader.done():
@@ -211,7 +214,7 @@ class Fanout:
             elif self._pubsub is not None:
                 try:
                     await self._pubsub.unsubscribe(channel)
-                except _REDIS_DOWN as exc:
+                except _COMMAND_LOST as exc:
                     self._interrupt(f"unsubscribe failed ({exc!r})")
                     await self._drop()
 
