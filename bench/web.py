@@ -40,12 +40,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,9 +52,11 @@ from typing import Any
 
 import httpx
 import mlflow_server
-from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from scripts.local_stack import create_key, running_stack  # noqa: E402  (ROOT on the path)
+
 # Debian's Chromium as tests/browser.py launches it (Playwright's own downloads never used).
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -75,7 +73,6 @@ MLFLOW_PAGE = 25_000  # get-history's page: MlflowClient.get_metric_history's
 MLFLOW_READS = 3  # get-history reads timed at most: one takes tens of seconds at 100k points
 SPIKE = 3.0  # the series' spikes' value (see series())
 UI_TIMEOUT_MS = 120_000
-SERVICES = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
 TARGET_MS = 500
 TARGET_BYTES_RATIO = 10
 
@@ -123,68 +120,6 @@ def series(points: int) -> Iterator[tuple[int, float]]:
 
 
 # --- the stack ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running_stack(folder: Path) -> Iterator[dict[str, str]]:
-    """`make run`'s stack on free ports in `folder` (as tests/make_run.py starts it): its
-    environment while it runs, stopped with Ctrl-C's signal afterwards."""
-    env = {
-        **os.environ,
-        "NEURAL_DATA_DIR": str(folder),
-        "NEURAL_LOCAL_REDIS_PORT": str(free_port()),
-        "NEURAL_GATEWAY_PORT": str(free_port()),
-        "NEURAL_GATEWAY_ADMIN_PORT": str(free_port()),
-        "dramatiq_prom_port": str(free_port()),
-        "TMPDIR": str(folder),
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("NEURAL_REDIS_URL", None)
-    env.pop("NEURAL_DATABASE_URL", None)
-    for name in SERVICES:
-        env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
-        env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
-        env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("Ctrl-C"):
-                break
-        if process.poll() is not None:
-            raise SystemExit(f"the stack did not start (see {folder}/*.log)")
-        env["NEURAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{folder / 'neural.db'}"
-        yield env
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        if process.stdout is not None:
-            process.stdout.read()
-        process.wait(timeout=120)
-
-
-def create_key(env: dict[str, str], name: str, role: str) -> str:
-    """A new key in the stack's authz table (`python -m gateway.authz.keys create`)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway.authz.keys", "create", "--name", name, "--role", role],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    match = re.search(r"\bnk_\S+", out)
-    if not match:
-        raise SystemExit(f"no key printed: {out}")
-    return match.group(0)
 
 
 def post(api: httpx.Client, path: str, body: Any) -> dict[str, Any]:

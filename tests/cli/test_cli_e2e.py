@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.make_run import ROOT, admin_key, running_stack
+from scripts.local_stack import ROOT, admin_key, running_stack
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e

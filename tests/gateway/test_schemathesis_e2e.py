@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.make_run import admin_key, running_stack
+from scripts.local_stack import admin_key, running_stack
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+
+# re-exported for the tests: one set of ports given out in a process, the stacks' included
+from scripts.local_stack import free_port as free_port
 
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
@@ -50,20 +52,3 @@ async def db_url(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[str]
         yield url
     finally:
         await drop_pg_database(name)
-
-
-_GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on now, never the same one twice in a test process: once the
-    probe socket is closed the kernel may hand the same port to the next probe, and two
-    servers of one stack were given one port (the second failed to bind while the first
-    answered its health checks)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port

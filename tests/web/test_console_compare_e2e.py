@@ -28,7 +28,7 @@ from neural.v1 import tracker_pb2, tracker_pb2_grpc
 from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.make_run import admin_key, running_stack
+from scripts.local_stack import admin_key, running_stack
 from tests.web.conftest import ROOT, UI_TIMEOUT_MS, Console, Watched, post
 
 pytestmark = pytest.mark.e2e

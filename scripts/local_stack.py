@@ -1,6 +1,6 @@
-"""`make run`'s stack (scripts/run_stack.py) on free ports in a folder of its own, and an admin
-key in it: what tests that act as a user (the CLI's, schemathesis') talk to, through the
-gateway only."""
+"""`make run`'s stack (scripts/run_stack.py) on free ports in a folder of its own, and keys in
+it: what the browser tests, the CLI's and schemathesis' tests and bench/web.py talk to, through
+the gateway only."""
 
 from __future__ import annotations
 
@@ -8,15 +8,30 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.services.conftest import free_port
-
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("compiler", "trainer", "tracker", "deployer", "authz", "ratelimit")
+
+_GIVEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A port nothing listens on now, never the same one twice in a process: once the probe
+    socket is closed the kernel may hand the same port to the next probe, and two servers of
+    one stack were given one port (the second failed to bind while the first answered its
+    health checks)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @contextlib.contextmanager
@@ -53,7 +68,8 @@ def running_stack(folder: Path, settings: dict[str, str] | None = None) -> Itera
         for line in process.stdout:
             if line.startswith("Ctrl-C"):
                 break
-        assert process.poll() is None, "the stack did not start"
+        if process.poll() is not None:
+            raise RuntimeError(f"the stack did not start (see {folder}/*.log)")
         env["NEURAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{folder / 'neural.db'}"
         yield env
     finally:
@@ -64,16 +80,21 @@ def running_stack(folder: Path, settings: dict[str, str] | None = None) -> Itera
         process.wait(timeout=120)
 
 
-def admin_key(env: dict[str, str], name: str = "cli") -> str:
-    """A new admin key in the stack's authz table (`python -m gateway.authz.keys create`)."""
+def create_key(env: dict[str, str], name: str, role: str) -> str:
+    """A new key in the stack's authz table (`python -m gateway.authz.keys create`)."""
     out = subprocess.run(
-        [sys.executable, "-m", "gateway.authz.keys", "create", "--name", name, "--role", "admin"],
+        [sys.executable, "-m", "gateway.authz.keys", "create", "--name", name, "--role", role],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-    )
-    match = re.search(r"\bnk_\S+", out.stdout)
-    assert match, out.stdout
+    ).stdout
+    match = re.search(r"\bnk_\S+", out)
+    if not match:
+        raise RuntimeError(f"no key printed: {out}")
     return match.group(0)
+
+
+def admin_key(env: dict[str, str], name: str = "cli") -> str:
+    return create_key(env, name, "admin")
