@@ -365,6 +365,11 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             raise errors.InvalidArgument(
                 "compare 2 to 100 runs", [errors.FieldViolation("run_ids", "2 to 100")]
             )
+        if not 0 <= request.curve_points <= compare.MAX_CURVE_POINTS:
+            raise errors.InvalidArgument(
+                f"curve_points is 0 (no curves) to {compare.MAX_CURVE_POINTS}",
+                [errors.FieldViolation("curve_points", f"0 to {compare.MAX_CURVE_POINTS}")],
+            )
         owner = owners.scope()
         rows = [await self.store.runs.get(r, owner) for r in ids]
         details = await self.store.runs.details(ids)
@@ -386,6 +391,12 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 )
                 per_key[key][row.id] = s
                 cmp_.metrics[key].CopyFrom(tracker_pb2.MetricSummary(**vars(s)))
+                if request.curve_points:
+                    columns, dropped = compare.curve(pts, request.curve_points)
+                    line = cmp_.curves[key]
+                    line.steps.extend(columns.steps.tolist())  # packed: filled in C
+                    line.values.extend(columns.values.tolist())
+                    line.downsampled = dropped
         self._fill_best(out.best_runs, per_key, request.directions)
         param_keys = {k for r in rows for k in details[r.id]["params"]}
         out.differing_params.extend(

@@ -288,6 +288,67 @@ def test_search_compare_and_plot(stack: Stack) -> None:
     assert both.experiments[0].run_count == 2 and both.best_runs["accuracy"].run_id == ids[1]
 
 
+def test_compare_carries_each_runs_curves_as_the_history_samples_them(stack: Stack) -> None:
+    """CompareRuns(curve_points=N): every run's curve of every metric in one call, the same
+    points GetMetricHistory(max_points=N) gives (whole when short, the M4 sample when long)."""
+    t = client(stack)
+    exp = t.CreateExperiment(
+        tracker_pb2.CreateExperimentRequest(experiment=tracker_pb2.Experiment(name="curves")),
+        metadata=md(stack),
+    )
+    ids = []
+    for name, length in (("short", 40), ("long", 5_000)):
+        run = t.CreateRun(
+            tracker_pb2.CreateRunRequest(experiment_id=exp.id, run=tracker_pb2.Run(name=name)),
+            metadata=md(stack),
+        )
+        for start in range(0, length, 1000):
+            t.LogMetrics(
+                tracker_pb2.LogMetricsRequest(
+                    run_id=run.id,
+                    metrics=[
+                        tracker_pb2.Metric(
+                            key="loss", value=9.0 if i % 997 == 5 else 1 / (i + 1), step=i * 3
+                        )
+                        for i in range(start, min(start + 1000, length))
+                    ],
+                ),
+                metadata=md(stack),
+            )
+        ids.append(run.id)
+    cmp_ = t.CompareRuns(
+        tracker_pb2.CompareRunsRequest(run_ids=ids, curve_points=200), metadata=md(stack)
+    )
+    for run_id, comparison, dropped in zip(ids, cmp_.runs, (False, True), strict=True):
+        curve = comparison.curves["loss"]
+        history = t.GetMetricHistory(
+            tracker_pb2.GetMetricHistoryRequest(
+                run_id=run_id,
+                key="loss",
+                max_points=200,
+                page_size=10_000,
+                view=tracker_pb2.METRIC_HISTORY_VIEW_COLUMNS,
+            ),
+            metadata=md(stack),
+        )
+        assert (list(curve.steps), list(curve.values)) == (
+            list(history.steps),
+            list(history.values),
+        )
+        assert curve.downsampled is dropped and history.downsampled is dropped
+        assert len(curve.steps) <= 200 and max(curve.values) == 9.0  # the spikes stay
+    assert len(cmp_.runs[0].curves["loss"].steps) == 40
+    plain = t.CompareRuns(tracker_pb2.CompareRunsRequest(run_ids=ids), metadata=md(stack))
+    assert not plain.runs[0].curves  # only when asked
+    for wrong in (-1, 2001):
+        with pytest.raises(grpc.RpcError) as info:
+            t.CompareRuns(
+                tracker_pb2.CompareRunsRequest(run_ids=ids, curve_points=wrong), metadata=md(stack)
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "curve_points" in info.value.details()
+
+
 def test_artifacts_integrity_and_paths(stack: Stack) -> None:
     t = client(stack)
     _, run_id = new_run(stack, "artifacts")

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { alignSeries, diffRows, directionText, mapLimit, metricKeys, runLabels } from "./compare";
+import { alignSeries, diffRows, directionText, metricKeys, runLabels } from "./compare";
 import type { MetricSummary, RunComparison } from "./compare_api";
 
 const summary = (last: number): MetricSummary => ({
@@ -13,6 +13,7 @@ const run = (id: string, params: Record<string, string>, metrics: Record<string,
   status: "RUN_STATUS_FINISHED",
   params,
   metrics: Object.fromEntries(Object.entries(metrics).map(([k, v]) => [k, summary(v)])),
+  curves: {},
 });
 
 describe("the diff table", () => {
@@ -73,25 +74,5 @@ describe("labels", () => {
   it("say which way a metric is better", () => {
     expect(directionText("OPTIMIZATION_DIRECTION_MINIMIZE")).toBe("lower is better");
     expect(directionText("OPTIMIZATION_DIRECTION_MAXIMIZE")).toBe("higher is better");
-  });
-});
-
-describe("mapLimit", () => {
-  it("keeps the order of the items and never runs more than the limit at once", async () => {
-    let running = 0;
-    let most = 0;
-    const out = await mapLimit([5, 1, 4, 2, 3], 2, async (n) => {
-      running++;
-      most = Math.max(most, running);
-      await new Promise((resolve) => setTimeout(resolve, n));
-      running--;
-      return n * 10;
-    });
-    expect(out).toEqual([50, 10, 40, 20, 30]);
-    expect(most).toBe(2);
-  });
-
-  it("fails when a task fails", async () => {
-    await expect(mapLimit([1], 4, async () => { throw new Error("no"); })).rejects.toThrow("no");
   });
 });

@@ -1,5 +1,5 @@
 // The compare page's logic, kept pure so the page only draws: the diff table's rows, the
-// charts' series on one shared x axis, the runs' labels, and a bounded fan-out of calls.
+// charts' series on one shared x axis, the runs' labels.
 
 import type { Direction, RunComparison } from "./compare_api";
 import { formatValue } from "./table";
@@ -73,21 +73,4 @@ export function directionText(direction: Direction): string {
   if (direction === "OPTIMIZATION_DIRECTION_MINIMIZE") return "lower is better";
   if (direction === "OPTIMIZATION_DIRECTION_MAXIMIZE") return "higher is better";
   return "direction unknown";
-}
-
-/**
- * Runs task(item) for every item with at most `limit` running at once, the results in the
- * items' order: a comparison of 100 runs must not open hundreds of calls at the same moment.
- */
-export async function mapLimit<T, R>(items: T[], limit: number, task: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await task(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return out;
 }

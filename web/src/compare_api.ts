@@ -19,6 +19,13 @@ export interface MetricSummary {
   count: string;
 }
 
+/** A run's metric as columns in step order: every point, or the server's M4 sample of them. */
+export interface MetricCurve {
+  steps: string[]; // int64
+  values: number[];
+  downsampled?: boolean;
+}
+
 export interface RunComparison {
   run_id: string;
   run_name: string;
@@ -26,6 +33,7 @@ export interface RunComparison {
   status: RunStatus;
   params: Record<string, string>;
   metrics: Record<string, MetricSummary>;
+  curves: Record<string, MetricCurve>;
 }
 
 export interface BestRun {
@@ -42,11 +50,24 @@ export interface Comparison {
   differing_params: string[];
 }
 
-/** CompareRuns: the runs in the order asked, the best run per metric, the params that differ. */
-export async function compareRuns(runIds: string[]): Promise<Comparison> {
-  const r = await call<Partial<Comparison>>("POST", "/v1/runs:compare", { run_ids: runIds });
+/**
+ * CompareRuns: the runs in the order asked, the best run per metric, the params that differ,
+ * and with curvePoints each run's curves (at most that many points each): one call for the page.
+ */
+export async function compareRuns(runIds: string[], curvePoints = 0): Promise<Comparison> {
+  const r = await call<Partial<Comparison>>("POST", "/v1/runs:compare", {
+    run_ids: runIds,
+    curve_points: curvePoints,
+  });
   return {
-    runs: (r.runs ?? []).map((c) => ({ ...c, params: c.params ?? {}, metrics: c.metrics ?? {} })),
+    runs: (r.runs ?? []).map((c) => ({
+      ...c,
+      params: c.params ?? {},
+      metrics: c.metrics ?? {},
+      curves: Object.fromEntries(
+        Object.entries(c.curves ?? {}).map(([k, v]) => [k, { ...v, steps: v.steps ?? [], values: v.values ?? [] }]),
+      ),
+    })),
     best_runs: r.best_runs ?? {},
     differing_params: r.differing_params ?? [],
   };

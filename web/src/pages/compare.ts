@@ -1,18 +1,16 @@
-// Several runs side by side (#/compare/<id>,<id>,...): CompareRuns' answer (the best run per
-// metric by its direction, every param and metric summary), a chart per metric key with a line
-// per run from the downsampled histories, and a diff table that can hide what is the same.
-// Comparing only reads: viewers see all of it.
+// Several runs side by side (#/compare/<id>,<id>,...): one CompareRuns call answers all of it
+// (the best run per metric by its direction, every param and metric summary, and each run's
+// curves downsampled by the server), drawn as a chart per metric key with a line per run and a
+// diff table that can hide what is the same. Comparing only reads: viewers see all of it.
 
-import { metricHistory } from "../api";
 import { OverlayChart, seriesColor } from "../chart";
-import { alignSeries, diffRows, directionText, mapLimit, metricKeys, runLabels, type Points } from "../compare";
+import { alignSeries, diffRows, directionText, metricKeys, runLabels, type Points } from "../compare";
 import { compareRuns, type Comparison } from "../compare_api";
 import { clear, errorText, h, type Dispose } from "../dom";
 import { href } from "../router";
 import { formatValue } from "../table";
 
-const MAX_POINTS = 500; // per line: a chart of many runs needs fewer points per run
-const PARALLEL = 6; // history calls at once
+const CURVE_POINTS = 500; // per line: a chart of many runs needs fewer points per run
 
 export function comparePage(root: HTMLElement, ids: string[]): Dispose {
   let alive = true;
@@ -80,33 +78,17 @@ export function comparePage(root: HTMLElement, ids: string[]): Dispose {
     clear(table);
     table.append(h("thead", {}, head), body);
 
-    // A chart per metric, a line per run that logged it, drawn once its histories are in.
+    // A chart per metric, a line per run that logged it.
+    const empty: Points = { steps: [], values: [] };
     for (const key of keys) {
       const chart = new OverlayChart(key, labels);
       charts.push(chart);
       chartBox.append(chart.el);
+      chart.setData(alignSeries(runs.map((r) => r.curves[key] ?? empty)));
     }
-    const jobs = keys.flatMap((key) => runs.map((r, i) => ({ key, run: i, has: key in r.metrics })));
-    const points = new Map<string, Points[]>(keys.map((k) => [k, runs.map(() => ({ steps: [], values: [] }))]));
-    const pending = new Map<string, number>(keys.map((k) => [k, jobs.filter((j) => j.key === k && j.has).length]));
-    const draw = (key: string) => charts[keys.indexOf(key)].setData(alignSeries(points.get(key)!));
-    keys.filter((k) => pending.get(k) === 0).forEach(draw);
-    void mapLimit(jobs.filter((j) => j.has), PARALLEL, async (j) => {
-      if (!alive) return;
-      const history = await metricHistory(runs[j.run].run_id, j.key, MAX_POINTS);
-      if (!alive) return;
-      points.get(j.key)![j.run] = history;
-      const left = pending.get(j.key)! - 1;
-      pending.set(j.key, left);
-      if (left === 0) draw(j.key);
-    }).catch((err) => {
-      if (!alive) return;
-      status.textContent = `Cannot read the metrics' histories: ${errorText(err)}`;
-      status.className = "error";
-    });
   }
 
-  compareRuns(ids).then(
+  compareRuns(ids, CURVE_POINTS).then(
     (cmp) => {
       if (!alive) return;
       status.textContent = cmp.differing_params.length
