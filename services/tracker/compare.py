@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .points import downsample
-from .points.columns import Columns
-
 MINIMIZE, MAXIMIZE = 1, 2
 MAX_CURVE_POINTS = 2000  # a comparison's curves, per run and metric
 
@@ -45,14 +42,14 @@ def best_run(summaries: dict[str, Summary], direction: int) -> tuple[str, Summar
     return pick(summaries.items(), key=lambda kv: kv[1].best)
 
 
-def curve(points: list[tuple[int, float, int]], max_points: int) -> tuple[Columns, bool]:
-    """A series (step, value, timestamp) as GetMetricHistory's max_points gives it: whole when
-    it has at most max_points points, else its M4 sample at the same buckets (the history
-    reads the sample from stored summaries; here the points are in memory already). True when
-    points were dropped."""
-    columns = Columns.of(sorted(points, key=lambda p: (p[0], p[2])))
-    if len(points) <= max_points:
-        return columns, False
-    span = downsample.Span(len(points), int(columns.steps[0]), int(columns.steps[-1]))
-    shift, _ = downsample.plan(span, max_points)
-    return downsample.of_points(columns, shift), True
+def summary_of(
+    last: tuple[int, float],
+    low: tuple[int, float],
+    high: tuple[int, float],
+    count: int,
+    direction: int,
+) -> Summary:
+    """The Summary of a series known by its last, lowest and highest (step, value) points
+    (the earliest on a tie, as `summarize` picks them) and its size."""
+    best_step, best = low if direction == MINIMIZE else high
+    return Summary(last[1], last[0], low[1], high[1], best, best_step, count)

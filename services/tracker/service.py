@@ -373,7 +373,9 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         owner = owners.scope()
         rows = [await self.store.runs.get(r, owner) for r in ids]
         details = await self.store.runs.details(ids)
-        data = await self.store.history.series(ids, list(request.metric_keys))
+        # from each series' summary rows, not its points: the cost does not grow with the runs'
+        # length (a whole-series read stopped at 200,000 points, leaving later runs out)
+        data = await self.store.history.overviews(ids, list(request.metric_keys))
         keys = sorted({k for per in data.values() for k in per})
         out = tracker_pb2.CompareRunsResponse()
         per_key: dict[str, dict[str, compare.Summary]] = {k: {} for k in keys}
@@ -385,18 +387,24 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 status=STATUS_ENUM[row.status],
                 params=details[row.id]["params"],
             )
-            for key, pts in data[row.id].items():
-                s = compare.summarize(
-                    [(p[0], p[1]) for p in pts], self._direction(key, request.directions)
+            for key, seen in data[row.id].items():
+                s = compare.summary_of(
+                    seen.last,
+                    seen.low,
+                    seen.high,
+                    seen.span.count,
+                    self._direction(key, request.directions),
                 )
                 per_key[key][row.id] = s
                 cmp_.metrics[key].CopyFrom(tracker_pb2.MetricSummary(**vars(s)))
                 if request.curve_points:
-                    columns, dropped = compare.curve(pts, request.curve_points)
+                    got = await self.store.history.curve(
+                        row.id, key, request.curve_points, seen.span
+                    )
                     line = cmp_.curves[key]
-                    line.steps.extend(columns.steps.tolist())  # packed: filled in C
-                    line.values.extend(columns.values.tolist())
-                    line.downsampled = dropped
+                    line.steps.extend(got.steps.tolist())  # packed: filled in C
+                    line.values.extend(got.values.tolist())
+                    line.downsampled = got.downsampled
         self._fill_best(out.best_runs, per_key, request.directions)
         param_keys = {k for r in rows for k in details[r.id]["params"]}
         out.differing_params.extend(

@@ -20,16 +20,23 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from neural.v1 import tracker_pb2
 from service_kit import db
+from service_kit.auth import Principal
 from service_kit.errors import InvalidArgument
+from service_kit.interceptors import current_principal
 from sqlalchemy import func, select, text
 
+from services.tracker import compare
+from services.tracker.artifacts import LocalArtifactStore
 from services.tracker.points import downsample
 from services.tracker.points.batches import Batch, pack
 from services.tracker.points.downsample import Span, plan
 from services.tracker.points.summaries import _large, _small, summarize
+from services.tracker.service import TrackerService
 from services.tracker.store import TrackerStore
 from services.tracker.tables import metric_summaries
+from tests.services.conftest import redis_url
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "tracker" / "migrations"
 VERSIONS = "alembic_version_tracker"
@@ -88,15 +95,35 @@ async def sampled(s: TrackerStore, run_id: str, key: str, max_points: int) -> tu
     return page.downsampled, list(rows)
 
 
-async def check_answers(s: TrackerStore, run_id: str, keys: Sequence[str], ns: Sequence[int]):
+async def check_answers(
+    s: TrackerStore, run_id: str, keys: Sequence[str], ns: Sequence[int], compared: bool = True
+) -> None:
+    """Downsampled reads are M4 of the whole series; unless not `compared` (series written
+    under the store's feet, with no latest point to be found by), so are a comparison's curves,
+    and its summaries are those of the whole series."""
+    overviews = (await s.history.overviews([run_id], keys))[run_id] if compared else {}
     for key in keys:
         series = await whole(s, run_id, key)
+        seen = overviews.get(key)
+        assert not compared or (seen is None) == (not series)
         for n in ns:
             downsampled, got = await sampled(s, run_id, key, n)
             if len(series) <= n:
                 assert (downsampled, got) == (False, series)
             else:
                 assert downsampled and got == reference_m4(series, n), (key, n)
+            if seen is not None:  # a comparison's curve: the same sample in one page
+                curve = await s.history.curve(run_id, key, n, seen.span)
+                rows = zip(curve.steps.tolist(), curve.values.tolist(), strict=True)
+                assert (curve.downsampled, list(rows)) == (downsampled, [p[:2] for p in got])
+        if seen is not None:
+            # a comparison's summary from the summary rows is the one of the whole series
+            for direction in (compare.MINIMIZE, compare.MAXIMIZE):
+                expected = compare.summarize([(p[0], p[1]) for p in series], direction)
+                assert (
+                    compare.summary_of(seen.last, seen.low, seen.high, seen.span.count, direction)
+                    == expected
+                ), (key, direction)
 
 
 def batch_of(points: Sequence[tuple[str, int, float, int]]) -> Batch:
@@ -287,6 +314,42 @@ async def test_a_dense_series_answers_from_summaries(db_url: str) -> None:
 # -- bounded reads ---------------------------------------------------------------------------
 
 
+async def test_a_comparison_reads_summaries_and_leaves_no_run_out(
+    db_url: str, tmp_path: Path
+) -> None:
+    """CompareRuns of three 80,000-point runs (more than the 200,000 points a whole-series read
+    stopped at, which left the last run out): every run summarized, the last one best, its
+    curves sampled; no point read but for the curves' pages."""
+    s = await store_for(db_url)
+    service = TrackerService(s, LocalArtifactStore(tmp_path, 1 << 20), redis_url(13))
+    exp = await s.experiments.create("alice", "e")
+    ids = []
+    for n in range(3):
+        run = await s.runs.create(exp.id, "alice", f"r{n}")
+        for at in range(0, 80_000, 1000):
+            steps = list(range(at, at + 1000))
+            # run n reaches its lowest loss, 1 / (n + 2), at step 40,000
+            values = [1 / (n + 2) + abs(x - 40_000) / 80_000 for x in steps]
+            await s.metrics.log(run.id, "alice", Batch(["loss"] * 1000, steps, values, [1] * 1000))
+        ids.append(run.id)
+    current_principal.set(Principal("alice", "user"))
+    before = s.points.reads.points
+    got = await service.CompareRuns(tracker_pb2.CompareRunsRequest(run_ids=ids), None)
+    assert s.points.reads.points == before  # summaries only
+    assert [r.metrics["loss"].count for r in got.runs] == [80_000] * 3
+    assert [r.metrics["loss"].best_step for r in got.runs] == [40_000] * 3
+    assert got.best_runs["loss"].run_id == ids[2]
+    assert got.best_runs["loss"].value == pytest.approx(1 / 4)
+    curves = await service.CompareRuns(
+        tracker_pb2.CompareRunsRequest(run_ids=ids, curve_points=100), None
+    )
+    assert [r.metrics for r in curves.runs] == [r.metrics for r in got.runs]
+    for r in curves.runs:
+        assert r.curves["loss"].downsampled and len(r.curves["loss"].steps) <= 100
+    await service.fanout.close()
+    await s.close()
+
+
 async def test_a_downsampled_read_loads_rows_in_proportion_to_max_points(db_url: str) -> None:
     s = await store_for(db_url)
     exp = await s.experiments.create("alice", "e")
@@ -379,7 +442,7 @@ async def test_the_upgrade_backfills_summaries_of_rows_and_blocks(db_url: str) -
         await conn.run_sync(_migrate, "head", False)
     await s.engine.dispose()
     again = await store_for(db_url)
-    await check_answers(again, run.id, ["a", "b", "c"], ns)
+    await check_answers(again, run.id, ["a", "b", "c"], ns, compared=False)
     assert await again.points.count(run.id, "b") == len(await whole(again, run.id, "b"))
     await again.close()
 

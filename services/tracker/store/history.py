@@ -15,6 +15,7 @@ from ..points import downsample
 from ..points.backend import PointStore
 from ..points.columns import NONE, Columns
 from ..points.downsample import Span
+from ..points.summaries import LEVELS
 from ..tables import latest_metrics
 from .common import MAX_ENTRIES, at_most
 from .runs import Runs
@@ -23,6 +24,16 @@ from .runs import Runs
 # the offset into the sample).
 TOKEN = "tracker_metric_history"
 TOKEN_FIELDS = (pagination.one_of("step", "sample"), pagination.INT64, pagination.OFFSET)
+
+
+class Overview(NamedTuple):
+    """A series as a comparison needs it: its span, and its last, lowest and highest points
+    as (step, value)."""
+
+    span: Span
+    last: tuple[int, float]
+    low: tuple[int, float]
+    high: tuple[int, float]
 
 
 class Series(NamedTuple):
@@ -121,8 +132,50 @@ class History:
     ) -> dict[str, dict[str, list[tuple[int, float, int]]]]:
         """(step, value, timestamp) per run and key, ordered by step (all keys when none
         given), at most `limit` points in all. The caller has checked the runs."""
-        at_most(len(keys), "metric_keys")
         out: dict[str, dict[str, list[tuple[int, float, int]]]] = {r: {} for r in run_ids}
+        for run_id, key in await self._series_of(run_ids, keys):
+            if limit <= 0:
+                break
+            got = await self.points.page(run_id, key, None, 0, limit)
+            out[run_id][key] = got.rows()
+            limit -= len(got)
+        return out
+
+    async def overviews(
+        self, run_ids: Sequence[str], keys: Sequence[str]
+    ) -> dict[str, dict[str, Overview]]:
+        """Per run and key (all keys when none given): the series' size, last point, and
+        lowest and highest points (the earliest on a tie), from its top-level summary rows: a
+        few rows a series, however long it is. The caller has checked the runs."""
+        out: dict[str, dict[str, Overview]] = {r: {} for r in run_ids}
+        top = LEVELS[-1]
+        for run_id, key in await self._series_of(run_ids, keys):
+            span = await self.points.span(run_id, key)
+            if not span.count:
+                continue
+            rows = await self.points.summaries(
+                run_id, key, top, span.first_step >> top, span.last_step >> top
+            )
+            lo, hi = int(np.argmin(rows.low.values)), int(np.argmax(rows.high.values))
+            out[run_id][key] = Overview(
+                span,
+                (int(rows.last.steps[-1]), float(rows.last.values[-1])),
+                (int(rows.low.steps[lo]), float(rows.low.values[lo])),
+                (int(rows.high.steps[hi]), float(rows.high.values[hi])),
+            )
+        return out
+
+    async def curve(self, run_id: str, key: str, max_points: int, span: Span) -> Series:
+        """The series as GetMetricHistory(max_points) answers it, in one page: every point
+        when it has at most max_points, else its M4 sample (downsampled)."""
+        if span.count <= max_points:
+            got = await self.points.page(run_id, key, None, 0, max_points)
+            return Series(*got, "", False)
+        return Series(*await self._m4(run_id, key, max_points, span), "", True)
+
+    async def _series_of(self, run_ids: Sequence[str], keys: Sequence[str]) -> list[Any]:
+        """(run_id, key) of every series of the runs, of the keys when some are given."""
+        at_most(len(keys), "metric_keys")
         found = []
         ids = list(run_ids)
         # Every series has a latest point: its row names the series without reading it. The
@@ -138,10 +191,4 @@ class History:
                 found += (
                     await s.execute(query.order_by(latest_metrics.c.run_id, latest_metrics.c.key))
                 ).all()
-        for run_id, key in found:
-            if limit <= 0:
-                break
-            got = await self.points.page(run_id, key, None, 0, limit)
-            out[run_id][key] = got.rows()
-            limit -= len(got)
-        return out
+        return found
