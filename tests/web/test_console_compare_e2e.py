@@ -233,6 +233,9 @@ def _bulk_name(i: int) -> str:
     return f"bulk-{i:05d}"
 
 
+SCROLLED_TO_THE_TOP = "() => document.querySelector('[data-testid=runs-scroll]').scrollTop === 0"
+
+
 def _rows_in_dom(page: Page) -> int:
     return page.locator("tr[data-testid=run-row]").count()
 
@@ -266,9 +269,11 @@ def _scroll_to_the_end(page: Page) -> None:
 def _last_row_is(page: Page, name: str) -> None:
     last = page.locator("tr[data-testid=run-row]").last
     expect(last).to_contain_text(name)
-    # and it is the bottom of the box: nothing rendered or standing in below it
-    assert page.locator("[data-testid=runs-scroll]").evaluate(
-        "el => el.scrollTop + el.clientHeight >= el.scrollHeight - 1"
+    # and it is the bottom of the box: nothing rendered or standing in below it (waited for:
+    # the rows drawn after the scroll may settle the spacers' heights a frame later)
+    page.wait_for_function(
+        "() => { const el = document.querySelector('[data-testid=runs-scroll]');"
+        " return el.scrollTop + el.clientHeight >= el.scrollHeight - 1; }"
     )
 
 
@@ -296,7 +301,7 @@ def test_a_table_of_many_runs_keeps_few_rows_in_the_dom_and_still_sorts(
     page.locator("th[data-testid=sort-name]").click()
     expect(table.locator("th[data-testid=sort-name]")).to_have_attribute("aria-sort", "descending")
     expect(rows.first).to_contain_text(_bulk_name(BULK_RUNS - 1))
-    assert page.locator("[data-testid=runs-scroll]").evaluate("el => el.scrollTop") == 0
+    page.wait_for_function(SCROLLED_TO_THE_TOP)
     _scroll_to_the_end(page)
     _last_row_is(page, _bulk_name(0))
     assert _rows_in_dom(page) < DOM_ROWS_BOUND
