@@ -55,17 +55,9 @@ import mlflow_server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from scripts.local_stack import create_key, running_stack  # noqa: E402  (ROOT on the path)
+from scripts.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (ROOT on the path)
+from scripts.local_stack import create_key, running_stack  # noqa: E402
 
-# Debian's Chromium as tests/browser.py launches it (Playwright's own downloads never used).
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1280, "height": 900}
 KEY = "loss"
 BATCH = 1000  # points per LogMetrics / log-batch call: both APIs' limit

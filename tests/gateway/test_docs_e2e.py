@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 
 from gateway import console, docs, static_routes
 from gateway.render import ensure_dynamic_dir, render
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from scripts.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from scripts.browser import CHROMIUM, CHROMIUM_ARGS
 from scripts.local_stack import admin_key, running_stack
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST_INDEX = ROOT / "web" / "dist" / "index.html"

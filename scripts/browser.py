@@ -1,5 +1,6 @@
-"""Debian's Chromium, headless, as the browser tests drive it through Playwright (Playwright's
-own browser downloads are never used: `make setup` installs the chromium package)."""
+"""Debian's Chromium, headless, as the browser tests and bench/web.py drive it through
+Playwright (Playwright's own browser downloads are never used: `make setup` installs the
+chromium package)."""
 
 from __future__ import annotations
 
