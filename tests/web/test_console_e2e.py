@@ -129,6 +129,7 @@ def test_a_user_signs_in_browses_to_a_run_and_sees_its_chart_grow(
     bad.fill("params.lr = '0.01'")
     bad.press("Enter")
     expect(error).to_be_hidden()
+    expect(page.locator("table[data-testid=runs-table]")).to_have_attribute("aria-busy", "false")
     expect(rows).to_have_count(1)
 
     # the run page: status, params, tags, and the chart following the run live

@@ -49,7 +49,7 @@ export function experimentPage(root: HTMLElement, id: string): Dispose {
   const colgroup = h("colgroup", {});
   const thead = h("thead", {});
   const tbody = h("tbody", {});
-  const table = h("table", { "data-testid": "runs-table", class: "runs virtual", "data-loaded": 0, "data-complete": "false" },
+  const table = h("table", { "data-testid": "runs-table", class: "runs virtual", "data-loaded": 0, "data-complete": "false", "aria-busy": "true" },
     colgroup, thead, tbody);
   const scroller = h("div", { class: "runs-scroll", "data-testid": "runs-scroll" }, table);
   const status = h("p", { class: "muted", "data-testid": "runs-status" }, "Loading…");
@@ -78,6 +78,9 @@ export function experimentPage(root: HTMLElement, id: string): Dispose {
     if (append && (loading || !token)) return;
     const mine = append ? generation : ++generation;
     loading = true;
+    // Set before the first await, so a click that starts a load returns with the table busy:
+    // what is drawn until aria-busy is "false" again is the old sort's (tests wait on it).
+    table.setAttribute("aria-busy", "true");
     status.textContent = "Loading…";
     status.className = "muted";
     try {
@@ -106,7 +109,10 @@ export function experimentPage(root: HTMLElement, id: string): Dispose {
         status.className = "error";
       }
     } finally {
-      if (mine === generation) loading = false;
+      if (mine === generation) {
+        loading = false;
+        table.setAttribute("aria-busy", "false");
+      }
     }
     // A page that leaves the view short of rows (or a scroll that went on meanwhile) asks for more.
     if (alive && mine === generation) drawRows();
