@@ -56,7 +56,8 @@ async def warm(engine: AsyncEngine, store: TrackerStore, service: TrackerService
             await store.experiments.page(owner, 1, "", name, False)
     await store.runs.counts([NOBODY])
     await store.runs.details([NOBODY])
-    await store.history.series([NOBODY], ["loss"])
+    await store.history.overviews([NOBODY], ["loss"])
+    await store.history.curves([NOBODY], ["loss"], 4)
     await missing(store.runs.get(NOBODY, NOBODY))
     await missing(store.experiments.get(NOBODY, NOBODY))
     # the point store's connections (and, for SQLite, its threads); an empty append

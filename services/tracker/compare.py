@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store.history import Overview
 
 MINIMIZE, MAXIMIZE = 1, 2
 MAX_CURVE_POINTS = 2000  # a comparison's curves, per run and metric
@@ -25,15 +29,6 @@ class Summary:
     count: int
 
 
-def summarize(points: list[tuple[int, float]], direction: int) -> Summary:
-    """points: (step, value) ordered by step."""
-    last_step, last = points[-1]
-    pick = min if direction == MINIMIZE else max
-    best_step, best = pick(points, key=lambda p: p[1])
-    values = [v for _, v in points]
-    return Summary(last, last_step, min(values), max(values), best, best_step, len(points))
-
-
 def best_run(summaries: dict[str, Summary], direction: int) -> tuple[str, Summary] | None:
     """The run whose best value is best (ties: the earlier run id order given)."""
     if not summaries:
@@ -42,14 +37,10 @@ def best_run(summaries: dict[str, Summary], direction: int) -> tuple[str, Summar
     return pick(summaries.items(), key=lambda kv: kv[1].best)
 
 
-def summary_of(
-    last: tuple[int, float],
-    low: tuple[int, float],
-    high: tuple[int, float],
-    count: int,
-    direction: int,
-) -> Summary:
+def summary_of(seen: Overview, direction: int) -> Summary:
     """The Summary of a series known by its last, lowest and highest (step, value) points
-    (the earliest on a tie, as `summarize` picks them) and its size."""
-    best_step, best = low if direction == MINIMIZE else high
-    return Summary(last[1], last[0], low[1], high[1], best, best_step, count)
+    (the earliest on a tie) and its size."""
+    best_step, best = seen.low if direction == MINIMIZE else seen.high
+    return Summary(
+        seen.last[1], seen.last[0], seen.low[1], seen.high[1], best, best_step, seen.span.count
+    )

@@ -15,6 +15,11 @@ Curves = dict[str, dict[str, list[tuple[float, float]]]]
 # magnitudes than this cannot be drawn.
 MAX_PLOTTED = 1e307
 
+# The points of a whole plot's lines: 4 a pixel column (M4's first, last, lowest and highest)
+# for a line of few, fewer each when many share the plot (20 runs of 10 metrics).
+PLOT_POINTS = 400_000
+MIN_LINE_POINTS = 400
+
 STEP_LABEL = "step"
 TIME_LABEL = "seconds since the run started"
 
@@ -24,6 +29,11 @@ def seconds_since_start(timestamp_ms: int, start: dt.datetime) -> float:
     hours apart share one axis, and the numbers stay small)."""
     begun = start if start.tzinfo else start.replace(tzinfo=dt.UTC)
     return timestamp_ms / 1000.0 - begun.timestamp()
+
+
+def plot_points(width: int, lines: int) -> int:
+    """How many points each of `lines` lines spanning `width` pixels is sampled to."""
+    return max(MIN_LINE_POINTS, min(4 * width, PLOT_POINTS // max(1, lines)))
 
 
 def unplottable(curves: Curves) -> str | None:

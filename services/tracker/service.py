@@ -22,7 +22,7 @@ from service_kit.streams import StreamCap
 from . import compare, wire
 from .artifacts import ArtifactStore, clean_path
 from .events import NEWEST, RunEvents, channel
-from .plots import MAX_PLOTTED, plot_png, seconds_since_start, unplottable
+from .plots import MAX_PLOTTED, Curves, plot_png, plot_points, seconds_since_start, unplottable
 from .points.batches import Batch
 from .store import TrackerStore
 from .store.common import now
@@ -388,13 +388,7 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
                 params=details[row.id]["params"],
             )
             for key, seen in data[row.id].items():
-                s = compare.summary_of(
-                    seen.last,
-                    seen.low,
-                    seen.high,
-                    seen.span.count,
-                    self._direction(key, request.directions),
-                )
+                s = compare.summary_of(seen, self._direction(key, request.directions))
                 per_key[key][row.id] = s
                 cmp_.metrics[key].CopyFrom(tracker_pb2.MetricSummary(**vars(s)))
                 if request.curve_points:
@@ -422,7 +416,10 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
         exps = [await self.store.experiments.get(e, owner) for e in ids]
         counts = await self.store.runs.counts(ids)
         all_runs = await self.store.runs.of_experiments(ids)
-        data = await self.store.history.series([r.id for r in all_runs], list(request.metric_keys))
+        # summary rows, not points: a whole-series read would stop somewhere and leave runs out
+        data = await self.store.history.overviews(
+            [r.id for r in all_runs], list(request.metric_keys)
+        )
         run_exp = {r.id: r.experiment_id for r in all_runs}
         out = tracker_pb2.CompareExperimentsResponse()
         overall: dict[str, dict[str, compare.Summary]] = {}
@@ -437,10 +434,8 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             for run_id, per in data.items():
                 if run_exp[run_id] != exp.id:
                     continue
-                for key, pts in per.items():
-                    s = compare.summarize(
-                        [(p[0], p[1]) for p in pts], self._direction(key, request.directions)
-                    )
+                for key, seen in per.items():
+                    s = compare.summary_of(seen, self._direction(key, request.directions))
                     per_key.setdefault(key, {})[run_id] = s
                     overall.setdefault(key, {})[run_id] = s
             self._fill_best(cmp_.best_runs, per_key, request.directions)
@@ -466,19 +461,20 @@ class TrackerService(tracker_pb2_grpc.TrackerServiceServicer):
             )
         owner = owners.scope()
         rows = [await self.store.runs.get(r, owner) for r in ids]
-        data = await self.store.history.series(ids, keys)
+        # each line as GetMetricHistory(max_points) samples it (M4): its extremes kept, and
+        # the read in proportion to the plot, not to the series
+        data = await self.store.history.curves(ids, keys, plot_points(width, len(ids) * len(keys)))
         by_time = request.x_axis == "time"
         starts = {r.id: r.start_time for r in rows}
-        curves = {
-            k: {
-                r: [
-                    (seconds_since_start(p[2], starts[r]) if by_time else p[0], p[1])
-                    for p in data[r].get(k, [])
-                ]
-                for r in ids
-            }
-            for k in keys
-        }
+        curves: Curves = {k: {} for k in keys}
+        for r in ids:
+            for k, got in data[r].items():
+                xs = (
+                    [seconds_since_start(t, starts[r]) for t in got.timestamps.tolist()]
+                    if by_time
+                    else got.steps.tolist()
+                )
+                curves[k][r] = list(zip(xs, got.values.tolist(), strict=True))
         too_large = unplottable(curves)
         if too_large is not None:
             raise errors.FailedPrecondition(

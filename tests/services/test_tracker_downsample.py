@@ -27,7 +27,7 @@ from service_kit.errors import InvalidArgument
 from service_kit.interceptors import current_principal
 from sqlalchemy import func, select, text
 
-from services.tracker import compare
+from services.tracker import compare, plots
 from services.tracker.artifacts import LocalArtifactStore
 from services.tracker.points import downsample
 from services.tracker.points.batches import Batch, pack
@@ -95,6 +95,16 @@ async def sampled(s: TrackerStore, run_id: str, key: str, max_points: int) -> tu
     return page.downsampled, list(rows)
 
 
+def reference_summary(points: list[tuple[int, float]], direction: int) -> compare.Summary:
+    """A comparison's summary from every (step, value) point, ordered by step: the best is the
+    earliest of the lowest (MINIMIZE) or highest values."""
+    last_step, last = points[-1]
+    pick = min if direction == compare.MINIMIZE else max
+    best_step, best = pick(points, key=lambda p: p[1])
+    values = [v for _, v in points]
+    return compare.Summary(last, last_step, min(values), max(values), best, best_step, len(points))
+
+
 async def check_answers(
     s: TrackerStore, run_id: str, keys: Sequence[str], ns: Sequence[int], compared: bool = True
 ) -> None:
@@ -119,11 +129,8 @@ async def check_answers(
         if seen is not None:
             # a comparison's summary from the summary rows is the one of the whole series
             for direction in (compare.MINIMIZE, compare.MAXIMIZE):
-                expected = compare.summarize([(p[0], p[1]) for p in series], direction)
-                assert (
-                    compare.summary_of(seen.last, seen.low, seen.high, seen.span.count, direction)
-                    == expected
-                ), (key, direction)
+                expected = reference_summary([(p[0], p[1]) for p in series], direction)
+                assert compare.summary_of(seen, direction) == expected, (key, direction)
 
 
 def batch_of(points: Sequence[tuple[str, int, float, int]]) -> Batch:
@@ -314,18 +321,19 @@ async def test_a_dense_series_answers_from_summaries(db_url: str) -> None:
 # -- bounded reads ---------------------------------------------------------------------------
 
 
-async def test_a_comparison_reads_summaries_and_leaves_no_run_out(
-    db_url: str, tmp_path: Path
+async def test_comparisons_and_plots_read_summaries_and_leave_no_run_out(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CompareRuns of three 80,000-point runs (more than the 200,000 points a whole-series read
-    stopped at, which left the last run out): every run summarized, the last one best, its
-    curves sampled; no point read but for the curves' pages."""
+    """CompareRuns, CompareExperiments and PlotMetrics of three 80,000-point runs (more than
+    the 200,000 points a whole-series read stopped at, which left the last run out): every run
+    summarized, the last one best, curves and lines sampled; no point read but for the curves'
+    pages."""
     s = await store_for(db_url)
     service = TrackerService(s, LocalArtifactStore(tmp_path, 1 << 20), redis_url(13))
-    exp = await s.experiments.create("alice", "e")
+    exps = [await s.experiments.create("alice", name) for name in ("e0", "e1")]
     ids = []
     for n in range(3):
-        run = await s.runs.create(exp.id, "alice", f"r{n}")
+        run = await s.runs.create(exps[n // 2].id, "alice", f"r{n}")  # e0: r0, r1; e1: r2
         for at in range(0, 80_000, 1000):
             steps = list(range(at, at + 1000))
             # run n reaches its lowest loss, 1 / (n + 2), at step 40,000
@@ -346,6 +354,30 @@ async def test_a_comparison_reads_summaries_and_leaves_no_run_out(
     assert [r.metrics for r in curves.runs] == [r.metrics for r in got.runs]
     for r in curves.runs:
         assert r.curves["loss"].downsampled and len(r.curves["loss"].steps) <= 100
+
+    before = s.points.reads.points
+    by_exp = await service.CompareExperiments(
+        tracker_pb2.CompareExperimentsRequest(experiment_ids=[e.id for e in exps]), None
+    )
+    assert s.points.reads.points == before
+    assert [e.best_runs["loss"].run_id for e in by_exp.experiments] == [ids[1], ids[2]]
+    assert by_exp.best_runs["loss"].run_id == ids[2]
+    assert by_exp.best_runs["loss"].value == pytest.approx(1 / 4)
+
+    drawn: list[plots.Curves] = []
+    monkeypatch.setattr(
+        "services.tracker.service.plot_png", lambda curves, *_: drawn.append(curves) or b"png"
+    )
+    for axis in ("step", "time"):
+        await service.PlotMetrics(
+            tracker_pb2.PlotMetricsRequest(run_ids=ids, keys=["loss"], width=200, x_axis=axis),
+            None,
+        )
+        lines = drawn[-1]["loss"]
+        assert list(lines) == ids
+        for n, run_id in enumerate(ids):  # each line sampled, its lowest point kept (M4)
+            assert 0 < len(lines[run_id]) <= plots.plot_points(200, 3) == 800
+            assert min(y for _, y in lines[run_id]) == pytest.approx(1 / (n + 2))
     await service.fanout.close()
     await s.close()
 

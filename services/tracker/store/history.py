@@ -1,5 +1,6 @@
-"""Reading metric series: a run's history a page at a time (downsampled on request), and whole
-series of many runs for comparisons and plots."""
+"""Reading metric series: a run's history a page at a time (downsampled on request), and what
+comparisons and plots need of many runs' series (their summaries, and sampled curves), read in
+proportion to the runs, not to the series' lengths."""
 
 from __future__ import annotations
 
@@ -127,20 +128,6 @@ class History:
         rows = await self.points.summaries(run_id, key, level, lo, hi)
         return downsample.of_summaries(rows, shift, level)
 
-    async def series(
-        self, run_ids: Sequence[str], keys: Sequence[str], limit: int = 200_000
-    ) -> dict[str, dict[str, list[tuple[int, float, int]]]]:
-        """(step, value, timestamp) per run and key, ordered by step (all keys when none
-        given), at most `limit` points in all. The caller has checked the runs."""
-        out: dict[str, dict[str, list[tuple[int, float, int]]]] = {r: {} for r in run_ids}
-        for run_id, key in await self._series_of(run_ids, keys):
-            if limit <= 0:
-                break
-            got = await self.points.page(run_id, key, None, 0, limit)
-            out[run_id][key] = got.rows()
-            limit -= len(got)
-        return out
-
     async def overviews(
         self, run_ids: Sequence[str], keys: Sequence[str]
     ) -> dict[str, dict[str, Overview]]:
@@ -163,6 +150,18 @@ class History:
                 (int(rows.low.steps[lo]), float(rows.low.values[lo])),
                 (int(rows.high.steps[hi]), float(rows.high.values[hi])),
             )
+        return out
+
+    async def curves(
+        self, run_ids: Sequence[str], keys: Sequence[str], max_points: int
+    ) -> dict[str, dict[str, Series]]:
+        """Per run and key (all keys when none given): `curve` of the series. The caller has
+        checked the runs."""
+        out: dict[str, dict[str, Series]] = {r: {} for r in run_ids}
+        for run_id, key in await self._series_of(run_ids, keys):
+            span = await self.points.span(run_id, key)
+            if span.count:
+                out[run_id][key] = await self.curve(run_id, key, max_points, span)
         return out
 
     async def curve(self, run_id: str, key: str, max_points: int, span: Span) -> Series:
