@@ -2,8 +2,8 @@ import { describe, expect, it } from "vitest";
 import {
   compactJson, exampleInput, formatScore, hasCanary, jsonErrorOffset, outputRows, parsePredictInput, replicasText,
   reshape, settled, shortTime, sourceFrom, stateName, topClasses, trafficSegments, trafficText,
-  type Deployment, type DeploymentVersion,
-} from "./deployments_api";
+} from "./deployments";
+import type { Deployment, DeploymentVersion } from "./deployments_api";
 
 describe("parsePredictInput", () => {
   it("takes the request's body as it is", () => {
@@ -46,17 +46,19 @@ describe("parsePredictInput", () => {
 
 describe("jsonErrorOffset", () => {
   it("is null for JSON, and agrees with JSON.parse on what is JSON", () => {
-    const good = ['{"a": [1, -2.5e3, true, false, null, "x\\"\\u00e9"]}', " [] ", "0", '{"k": {}}'];
+    const good = ['{"a": [1, -2.5e3, true, false, null, "x\\"\\u00e9"]}', " [] ", "0", '{"k": {}}', "[1e5, 0.5, -0]"];
     for (const text of good) {
       expect(() => JSON.parse(text)).not.toThrow();
       expect(jsonErrorOffset(text)).toBeNull();
     }
   });
 
-  it("points at the first character that breaks it", () => {
+  it("points at the token where it stops being JSON", () => {
     const cases: [string, number][] = [
-      ["[1, 2,]", 6], ["[1 2]", 3], ['{"a" 1}', 5], ["{a: 1}", 1], ["[01]", 2], ["[tru]", 4],
-      ["[1, 2", 5], ['"open', 5], ["[1] x", 4], ["", 0], ["[-]", 1], ['["\\q"]', 3],
+      ["[1, 2,]", 6], ["[1 2]", 3], ['{"a" 1}', 5], ["{a: 1}", 1], ["[01]", 2], ["[tru]", 1],
+      ["[1, 2", 5], ['"open', 0], ["[1] x", 4], ["", 0], ["[-]", 1], ['["\\q"]', 1],
+      // what JSONC or JavaScript would take, JSON does not
+      ["[1, /* c */ 2]", 4], ["['a']", 1], ["[.5]", 1], ["[NaN]", 1], ["[0x10]", 2], ['["a\tb"]', 1],
     ];
     for (const [text, at] of cases) {
       expect(() => JSON.parse(text)).toThrow();

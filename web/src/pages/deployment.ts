@@ -5,10 +5,12 @@
 // seconds while it is still changing on its own, and after each change made here.
 
 import {
-  compactJson, deleteDeployment, exampleInput, formatScore, getDeployment, hasCanary, inputShape,
-  outputRows, parsePredictInput, predict, promoteDeployment, replicasText, rollbackDeployment,
-  rolloutDeployment, scaleDeployment, settled, shortTime, sourceFrom, stateName, topClasses, trafficSegments,
-  type Deployment, type ModelSource, type PredictResponse,
+  compactJson, exampleInput, formatScore, hasCanary, outputRows, parsePredictInput, replicasText, settled,
+  shortTime, sourceFrom, stateName, topClasses, trafficSegments,
+} from "../deployments";
+import {
+  deleteDeployment, getDeployment, inputShape, predict, promoteDeployment, rollbackDeployment,
+  rolloutDeployment, scaleDeployment, type Deployment, type ModelSource, type PredictResponse,
 } from "../deployments_api";
 import { clear, errorText, h, type Dispose } from "../dom";
 import { go, href } from "../router";

@@ -4,9 +4,9 @@
 // on its own (replicas starting, a version coming up, a deletion).
 
 import { ApiError } from "../api";
+import { replicasText, settled, shortTime, sourceFrom, stateName, trafficText } from "../deployments";
 import {
-  createDeployment, listDeployments, replicasText, settled, shortTime, sourceFrom, stateName, trafficText,
-  type Deployment, type DeploymentVersion,
+  createDeployment, listDeployments, type Deployment, type DeploymentVersion,
 } from "../deployments_api";
 import { clear, errorText, h, type Dispose } from "../dom";
 import { go, href } from "../router";
