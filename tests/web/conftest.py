@@ -73,8 +73,11 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield Console(url, admin_key(env, "console-tests"), env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Per module, not per session: Playwright's sync API keeps an event loop running in this
+    # thread while it is open, and the asyncio.run of a later module's fixtures (tests/services'
+    # stacks) would fail under it whatever order the files are given in.
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
