@@ -116,6 +116,7 @@ bench: setup
 	$(PY) bench/gateway.py
 	$(PY) bench/tracker_ingest.py
 	$(PY) bench/tracker_ingest.py --scale
+	$(PY) bench/tracker_compare.py
 	$(PY) bench/tracker_events.py
 	$(PY) bench/training_overhead.py
 	$(PY) bench/predict.py

@@ -356,6 +356,8 @@ async def test_comparisons_and_plots_read_summaries_and_leave_no_run_out(
         assert r.curves["loss"].downsampled and len(r.curves["loss"].steps) <= 100
 
     before = s.points.reads.points
+    # the runs read a slice at a time (a statement a slice): here two slices
+    monkeypatch.setattr("services.tracker.store.history.MAX_ENTRIES", 2)
     by_exp = await service.CompareExperiments(
         tracker_pb2.CompareExperimentsRequest(experiment_ids=[e.id for e in exps]), None
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .batches import Batch, Newest
@@ -48,6 +49,13 @@ class PointStore(ABC):
     @abstractmethod
     async def summaries(self, run_id: str, key: str, level: int, lo: int, hi: int) -> Summaries:
         """The series' summaries at `level`, buckets `lo` to `hi`, by bucket."""
+
+    @abstractmethod
+    async def tops(
+        self, run_ids: Sequence[str], keys: Sequence[str]
+    ) -> dict[tuple[str, str], tuple[int, Summaries]]:
+        """Per (run_id, key) of the runs' series (of the keys; all when none given): its size
+        and its top-level summaries, in one statement."""
 
     async def count(self, run_id: str, key: str) -> int:
         """How many points the series has."""

@@ -1,9 +1,11 @@
 """The read side shared by both databases: which blocks a page must load, the merge of rows and
 blocks into one ordered page, the read statements in each driver's parameter style (pages,
-and a series' summaries for downsampling), and summary rows as columns."""
+a series' summaries for downsampling, many series' top-level summaries for comparisons), and
+summary rows as columns."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -82,7 +84,38 @@ def read_statements(mark: str) -> dict[str, str]:
         f"WHERE run_id = {run} AND key = {key} AND level = {level} AND bucket >= {lo} "
         f"AND bucket <= {hi} ORDER BY bucket"
     )
-    return {"rows": rows, "spans": spans, "span": span, "summaries": summaries}
+    # Many runs' series at once (comparisons): their top-level rows, by series and bucket, as
+    # run_id, key, point_count, then the "summaries" columns. The runs (and keys) are bound as
+    # one array: a Postgres array, or a JSON array that SQLite reads with json_each.
+    level, run_ids, keys = marks(3)
+    one_of = {
+        "?": lambda ids: f"IN (SELECT value FROM json_each({ids}))",
+        "$": lambda ids: f"= ANY({ids}::varchar[])",
+    }[mark]
+    tops = (
+        f"SELECT run_id, key, point_count, bucket, {', '.join(SUMMARY_COLUMNS[4:])} "
+        f"FROM tracker_metric_summaries WHERE level = {level} AND run_id {one_of(run_ids)}"
+    )
+    order = " ORDER BY run_id, key, bucket"
+    return {
+        "rows": rows,
+        "spans": spans,
+        "span": span,
+        "summaries": summaries,
+        "tops": tops + order,
+        "tops_of_keys": f"{tops} AND key {one_of(keys)}{order}",
+    }
+
+
+def tops_of(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], tuple[int, Summaries]]:
+    """Rows of the "tops" statements per series: its size and its summaries."""
+    return {
+        series: (sum(int(r[2]) for r in group), summaries_of([r[3:] for r in group]))
+        for series, group in (
+            (series, list(group))
+            for series, group in itertools.groupby(rows, lambda r: (r[0], r[1]))
+        )
+    }
 
 
 def summaries_of(rows: Sequence[Sequence[Any]]) -> Summaries:

@@ -14,7 +14,7 @@ from .backend import PointStore, Reads, UnknownRun
 from .batches import Batch, Newest, split
 from .columns import Columns
 from .downsample import Span, Summaries
-from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements, summaries_of
+from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements, summaries_of, tops_of
 from .summaries import COLUMNS as SUMMARY_COLUMNS
 from .summaries import LEVELS, UPSERT_SET, summarize
 
@@ -127,6 +127,16 @@ class PostgresPoints(PointStore):
             rows = await conn.fetch(READ["summaries"], run_id, key, level, lo, hi)
         self.reads.summaries += len(rows)
         return summaries_of(rows)
+
+    async def tops(
+        self, run_ids: Sequence[str], keys: Sequence[str]
+    ) -> dict[tuple[str, str], tuple[int, Summaries]]:
+        args = [LEVELS[-1], list(run_ids)] + ([list(keys)] if keys else [])
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(READ["tops_of_keys" if keys else "tops"], *args)
+        self.reads.summaries += len(rows)
+        return tops_of(rows)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import URL
@@ -15,7 +17,7 @@ from .backend import PointStore, Reads, UnknownRun
 from .batches import Batch, Newest, split
 from .columns import Columns
 from .downsample import Span, Summaries
-from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements, summaries_of
+from .pages import LOWEST, BlockSpan, blocks_to_read, merge, read_statements, summaries_of, tops_of
 from .summaries import COLUMNS as SUMMARY_COLUMNS
 from .summaries import LEVELS, UPSERT_SET, summarize
 
@@ -149,6 +151,21 @@ class SqlitePoints(PointStore):
     async def summaries(self, run_id: str, key: str, level: int, lo: int, hi: int) -> Summaries:
         return await asyncio.get_running_loop().run_in_executor(
             self._reader, self._summaries, run_id, key, level, lo, hi
+        )
+
+    def _tops(
+        self, run_ids: Sequence[str], keys: Sequence[str]
+    ) -> dict[tuple[str, str], tuple[int, Summaries]]:
+        args = [LEVELS[-1], json.dumps(list(run_ids))] + ([json.dumps(list(keys))] if keys else [])
+        rows = self._conn().execute(READ["tops_of_keys" if keys else "tops"], args).fetchall()
+        self.reads.summaries += len(rows)
+        return tops_of(rows)
+
+    async def tops(
+        self, run_ids: Sequence[str], keys: Sequence[str]
+    ) -> dict[tuple[str, str], tuple[int, Summaries]]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._tops, run_ids, keys
         )
 
     async def close(self) -> None:

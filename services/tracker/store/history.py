@@ -16,7 +16,6 @@ from ..points import downsample
 from ..points.backend import PointStore
 from ..points.columns import NONE, Columns
 from ..points.downsample import Span
-from ..points.summaries import LEVELS
 from ..tables import latest_metrics
 from .common import MAX_ENTRIES, at_most
 from .runs import Runs
@@ -133,23 +132,22 @@ class History:
     ) -> dict[str, dict[str, Overview]]:
         """Per run and key (all keys when none given): the series' size, last point, and
         lowest and highest points (the earliest on a tie), from its top-level summary rows: a
-        few rows a series, however long it is. The caller has checked the runs."""
+        few rows a series, however long it is, read for a slice of runs in one statement. The
+        caller has checked the runs."""
+        at_most(len(keys), "metric_keys")
         out: dict[str, dict[str, Overview]] = {r: {} for r in run_ids}
-        top = LEVELS[-1]
-        for run_id, key in await self._series_of(run_ids, keys):
-            span = await self.points.span(run_id, key)
-            if not span.count:
-                continue
-            rows = await self.points.summaries(
-                run_id, key, top, span.first_step >> top, span.last_step >> top
-            )
-            lo, hi = int(np.argmin(rows.low.values)), int(np.argmax(rows.high.values))
-            out[run_id][key] = Overview(
-                span,
-                (int(rows.last.steps[-1]), float(rows.last.values[-1])),
-                (int(rows.low.steps[lo]), float(rows.low.values[lo])),
-                (int(rows.high.steps[hi]), float(rows.high.values[hi])),
-            )
+        ids = list(dict.fromkeys(run_ids))
+        for at in range(0, len(ids), MAX_ENTRIES):
+            tops = await self.points.tops(ids[at : at + MAX_ENTRIES], list(keys))
+            for (run_id, key), (count, rows) in tops.items():
+                lo, hi = int(np.argmin(rows.low.values)), int(np.argmax(rows.high.values))
+                out[run_id][key] = Overview(
+                    # the buckets are in step order: the first's first step is the lowest
+                    Span(count, int(rows.first.steps[0]), int(rows.last.steps[-1])),
+                    (int(rows.last.steps[-1]), float(rows.last.values[-1])),
+                    (int(rows.low.steps[lo]), float(rows.low.values[lo])),
+                    (int(rows.high.steps[hi]), float(rows.high.values[hi])),
+                )
         return out
 
     async def curves(
