@@ -269,8 +269,13 @@ class JobRunner:
             if result.epoch > logged:
                 await tracker.log_metrics(run_id, result.epoch, result.metrics)
                 logged = result.epoch
+            # epochs: the total this training runs (the request's or the program's), so a
+            # client can show "epoch 3/8" without reading it from the message
             self.details.update(
-                epoch=result.epoch, epochs_done=result.epoch, step=0, metrics=result.metrics
+                epoch=result.epoch,
+                epochs_done=result.epoch,
+                epochs=spec.epochs,
+                metrics=result.metrics,
             )
             await self.save_details(
                 "progress" if epoch_events else "",

@@ -136,8 +136,10 @@ async def test_one_progress_event_per_finished_epoch_with_its_number_and_metrics
     events = await run_and_watch(resources, req, "training", JobRunner.train)
     assert all(message for _, message, _ in events), events
     assert [e for e, _, _ in events] == ["queued", "started", *["progress"] * 3, "completed"]
-    progress = [(m, r.details["epoch"]) for e, m, r in events if e == "progress"]
-    assert progress == [("epoch 1/3", 1), ("epoch 2/3", 2), ("epoch 3/3", 3)]
+    progress = [
+        (m, r.details["epoch"], r.details["epochs"]) for e, m, r in events if e == "progress"
+    ]
+    assert progress == [("epoch 1/3", 1, 3), ("epoch 2/3", 2, 3), ("epoch 3/3", 3, 3)]
     tracker: FakeTracker = resources.tracker("alice")  # type: ignore[assignment]
     (run,) = tracker.runs.values()
     logged = dict(run["metrics"])

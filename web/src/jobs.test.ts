@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
-  ago, EXAMPLE_SOURCE, epochsDone, formFieldOf, isActive, mergeJobs, percent, progressText, runIdOf, stateName,
-  totalEpochsOf, trainingRequest, type TrainingForm,
+  ago, EXAMPLE_SOURCE, epochsDone, epochsTotal, formFieldOf, isActive, mergeJobs, percent, progressText, runIdOf, stateName,
+  trainingRequest, type TrainingForm,
 } from "./jobs";
 import type { Job } from "./jobs_api";
 
@@ -29,10 +29,10 @@ describe("a job's state and progress", () => {
     expect(progressText("JOB_STATE_QUEUED", 0, 0, 8)).toBe("waiting for a worker");
   });
 
-  it("reads the total from a progress event's message only", () => {
-    expect(totalEpochsOf("epoch 3/8")).toBe(8);
-    expect(totalEpochsOf("trial 2/5 complete")).toBe(0);
-    expect(totalEpochsOf(undefined)).toBe(0);
+  it("reads the total from the job's details", () => {
+    expect(epochsTotal(job("j", "", { details: { epochs_done: 3, epochs: 8 } }))).toBe(8);
+    expect(epochsTotal(job("j", "", { details: { epochs: "8" } }))).toBe(0);
+    expect(epochsTotal(job("j", ""))).toBe(0);
   });
 
   it("finds the run in the details, or in the result at the end", () => {

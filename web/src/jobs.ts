@@ -26,13 +26,11 @@ export function epochsDone(job: Job): number {
   return typeof done === "number" && Number.isFinite(done) ? done : 0;
 }
 
-/**
- * The epoch count a progress event's message names ("epoch 3/8"): the job does not carry the
- * request's epochs, and the program may set them itself. 0 when the message does not say.
- */
-export function totalEpochsOf(message: string | undefined): number {
-  const m = /\bepoch (\d+)\/(\d+)\b/.exec(message ?? "");
-  return m ? Number(m[2]) : 0;
+/** The epochs the training runs (the request's or the program's), once its first epoch is
+ * done; 0 before, and for jobs that do not train. */
+export function epochsTotal(job: Job): number {
+  const total = job.details?.epochs;
+  return typeof total === "number" && Number.isFinite(total) ? total : 0;
 }
 
 /** 0..1 as a whole percentage, clamped (the server's value is a double). */

@@ -8,7 +8,7 @@
 
 import { ApiError, getRun } from "../api";
 import { clear, errorText, h, type Dispose } from "../dom";
-import { epochsDone, formatTime, isActive, runIdOf, totalEpochsOf } from "../jobs";
+import { epochsDone, epochsTotal, formatTime, isActive, runIdOf } from "../jobs";
 import { cancelTrainingJob, getTrainingJob, watchTrainingJob, type Job, type JobEvent, type WebhookDelivery } from "../jobs_api";
 import { href } from "../router";
 import { canWrite } from "../session";
@@ -30,7 +30,6 @@ export function jobPage(root: HTMLElement, id: string): Dispose {
   let alive = true;
   let poll: ReturnType<typeof setTimeout> | undefined;
   let job: Job | null = null;
-  let total = 0; // the epochs it will train, once known (an event's message, or the run's params)
   let runAsked = "";
   let endedAt = 0; // when this page saw the job end
   let lastLogged = "";
@@ -75,7 +74,7 @@ export function jobPage(root: HTMLElement, id: string): Dispose {
     if (!job && !isActive(j.state)) endedAt = Date.now();
     job = j;
     stateBox.replaceChildren(stateBadge(j.state));
-    bar.set(j.state, j.progress, epochsDone(j), total);
+    bar.set(j.state, j.progress, epochsDone(j), epochsTotal(j));
     jobError.textContent = j.error ?? "";
     if (cancel) cancel.hidden = !isActive(j.state);
     if (cancelAsked && j.state === "JOB_STATE_CANCELLED") cancelResult.textContent = "Cancelled.";
@@ -86,7 +85,7 @@ export function jobPage(root: HTMLElement, id: string): Dispose {
     if (runId && runId !== runAsked) showRun(runId);
   }
 
-  /** The run's link, named as the tracker names it; its params tell the epochs to train. */
+  /** The run's link, named as the tracker names it. */
   function showRun(runId: string): void {
     runAsked = runId;
     const link = h("a", { "data-testid": "job-run", href: href({ page: "run", id: runId }) }, runId);
@@ -94,17 +93,11 @@ export function jobPage(root: HTMLElement, id: string): Dispose {
     getRun(runId).then((r) => {
       if (!alive) return;
       link.textContent = r.name || runId;
-      const epochs = Number(r.params?.epochs);
-      if (!total && Number.isInteger(epochs) && epochs > 0) {
-        total = epochs;
-        if (job) bar.set(job.state, job.progress, epochsDone(job), total);
-      }
     }, () => {}); // the link works without its name
   }
 
   function onEvent(e: JobEvent): void {
     if (!alive) return;
-    total ||= totalEpochsOf(e.message);
     const line = `${e.type}: ${e.message ?? ""}`;
     if (line !== lastLogged) { // a watch opened again starts with the state it already told
       lastLogged = line;

@@ -8,7 +8,7 @@
 import { ApiError } from "../api";
 import { clear, errorText, h, type Dispose } from "../dom";
 import {
-  BACKENDS, BUILTIN_DATASETS, EXAMPLE_SOURCE, epochsDone, formatTime, formFieldOf, isActive, mergeJobs,
+  BACKENDS, BUILTIN_DATASETS, EXAMPLE_SOURCE, epochsDone, epochsTotal, formatTime, formFieldOf, isActive, mergeJobs,
   percent, progressText, runIdOf, stateName, trainingRequest, type FormField, type TrainingForm,
 } from "../jobs";
 import { listDatasets, listTrainingJobs, submitTraining, type Job, type JobState } from "../jobs_api";
@@ -76,8 +76,7 @@ export function jobsPage(root: HTMLElement): Dispose {
 
 function jobRow(job: Job): HTMLTableRowElement {
   const bar = progressBar();
-  // the total is known once it succeeded (every epoch done); before, the job does not say
-  bar.set(job.state, job.progress, epochsDone(job), job.state === "JOB_STATE_SUCCEEDED" ? epochsDone(job) : 0);
+  bar.set(job.state, job.progress, epochsDone(job), epochsTotal(job));
   const runId = runIdOf(job);
   return h("tr", { "data-testid": "job-row", "data-job-id": job.id, "data-state": stateName(job.state) },
     h("td", {}, h("a", { "data-testid": "job-link", href: href({ page: "job", id: job.id }), class: "mono" }, shortId(job.id))),
