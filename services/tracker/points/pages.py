@@ -109,13 +109,11 @@ def read_statements(mark: str) -> dict[str, str]:
 
 def tops_of(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, str], tuple[int, Summaries]]:
     """Rows of the "tops" statements per series: its size and its summaries."""
-    return {
-        series: (sum(int(r[2]) for r in group), summaries_of([r[3:] for r in group]))
-        for series, group in (
-            (series, list(group))
-            for series, group in itertools.groupby(rows, lambda r: (r[0], r[1]))
-        )
-    }
+    out = {}
+    for series, group in itertools.groupby(rows, lambda r: (r[0], r[1])):
+        part = list(group)
+        out[series] = (sum(int(r[2]) for r in part), summaries_of([r[3:] for r in part]))
+    return out
 
 
 def summaries_of(rows: Sequence[Sequence[Any]]) -> Summaries:
