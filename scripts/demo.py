@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import numpy as np
 from google.protobuf import struct_pb2
 from inference import grpc_predict_v2_pb2 as oip
 from inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from local_stack import free_port, stack_process
 from neural.v1 import (
     common_pb2,
     compiler_pb2,
@@ -94,12 +94,6 @@ def find_stack(data: Path) -> dict[str, Any] | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def port(env: dict[str, str], name: str) -> str:
     """The port the environment names under `name` while nothing holds it, else a free one:
     the demo's own stack never lands on a port that something else (a `make run`) is using."""
@@ -127,31 +121,13 @@ def own_stack(env: dict[str, str]) -> Iterator[dict[str, Any]]:
         for name in names:
             env[name] = port(env, name)
         print(f"0. no stack is running: starting one for the demo in {tmp}")
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                print("   " + line.rstrip())
-                if line.startswith("Ctrl-C"):
-                    break
-            stack = find_stack(Path(tmp))
-            if stack is None:
-                raise SystemExit("the demo's stack did not start")
-            yield stack
+            with stack_process(env, echo=lambda line: print("   " + line)):
+                stack = find_stack(Path(tmp))
+                if stack is None:
+                    raise SystemExit("the demo's stack did not start")
+                yield stack
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            if proc.stdout is not None:
-                proc.stdout.read()  # drain: the stack prints as it stops
-            proc.wait(timeout=120)
             print("   the demo's stack stopped and its folder was removed")
 
 

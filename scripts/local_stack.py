@@ -1,6 +1,6 @@
 """`make run`'s stack (scripts/run_stack.py) on free ports in a folder of its own, and keys in
 it: what the browser tests, the CLI's and schemathesis' tests and bench/web.py talk to, through
-the gateway only."""
+the gateway only; and the one way to start and stop it (`make demo`'s own stack too)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,20 @@ def running_stack(folder: Path, settings: dict[str, str] | None = None) -> Itera
         env[f"NEURAL_{name.upper()}_PORT"] = str(free_port())
         env[f"NEURAL_{name.upper()}_METRICS_PORT"] = str(free_port())
         env.pop(f"NEURAL_{name.upper()}_ADDRESS", None)
+    with stack_process(env) as process:
+        if process.poll() is not None:
+            raise RuntimeError(f"the stack did not start (see {folder}/*.log)")
+        env["NEURAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{folder / 'neural.db'}"
+        yield env
+
+
+@contextlib.contextmanager
+def stack_process(
+    env: dict[str, str], echo: Callable[[str], None] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """scripts/run_stack.py started with `env`, once it has printed its addresses (each line
+    handed to `echo`), or has exited (the caller checks `poll()`); stopped afterwards as
+    Ctrl-C stops it, its output drained."""
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "run_stack.py")],
         env=env,
@@ -66,17 +80,16 @@ def running_stack(folder: Path, settings: dict[str, str] | None = None) -> Itera
     try:
         assert process.stdout is not None
         for line in process.stdout:
+            if echo is not None:
+                echo(line.rstrip())
             if line.startswith("Ctrl-C"):
                 break
-        if process.poll() is not None:
-            raise RuntimeError(f"the stack did not start (see {folder}/*.log)")
-        env["NEURAL_DATABASE_URL"] = f"sqlite+aiosqlite:///{folder / 'neural.db'}"
-        yield env
+        yield process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
         if process.stdout is not None:
-            process.stdout.read()
+            process.stdout.read()  # the stack prints as it stops
         process.wait(timeout=120)
 
 
